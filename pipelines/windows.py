@@ -1,0 +1,155 @@
+"""Window files: the durable hand-off from the stream to training.
+
+A window is `window-<i>.parquet` plus `window-<i>.json`, its manifest. The Parquet file is written
+first and the manifest last, each atomically (temp file, fsync, rename, fsync of the folder), so a
+manifest on disk means its window is complete. The manifest, not the consumer group's committed
+offsets, is the source of truth on restart: it says where in each partition the next window begins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.schema import COLUMNS
+
+# Parquet schema of every window file. Timestamps in microseconds: Spark reads those natively,
+# while nanosecond Parquet timestamps are refused.
+ARROW_SCHEMA = pa.schema(
+    [
+        ("InvoiceNo", pa.string()),
+        ("StockCode", pa.string()),
+        ("Description", pa.string()),
+        ("Quantity", pa.int64()),
+        ("InvoiceDate", pa.timestamp("us")),
+        ("UnitPrice", pa.float64()),
+        ("CustomerID", pa.string()),
+        ("Country", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Manifest:
+    """What a window holds and where it came from in Kafka."""
+
+    window: int
+    topic: str
+    # partition -> [first offset, end offset) consumed into this window, end exclusive.
+    offsets: dict[int, list[int]]
+    rows: int
+    digest: str
+    first_invoice_date: str | None
+    last_invoice_date: str | None
+    replay: str = ""
+    schema_version: int = 1
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def parquet_name(self) -> str:
+        return f"window-{self.window}.parquet"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        raw["offsets"] = {int(p): list(r) for p, r in raw["offsets"].items()}
+        raw.pop("parquet", None)
+        return cls(**raw)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["parquet"] = self.parquet_name
+        return json.dumps(data, indent=2, sort_keys=True)
+
+
+def rows_digest(frame: pd.DataFrame) -> str:
+    """Order-independent digest of a multiset of rows.
+
+    The sum (mod 2**64) of per-row hashes: the digests of disjoint windows add up to the digest of
+    their union, so "the windows together hold exactly the input" is one comparison.
+    """
+    if frame.empty:
+        return f"{0:016x}"
+    hashes = pd.util.hash_pandas_object(_normalised(frame), index=False).to_numpy(np.uint64)
+    return f"{int(hashes.sum(dtype=np.uint64)):016x}"
+
+
+def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same rows hash the same whether they come from a CSV, Kafka or Parquet."""
+    out = pd.DataFrame(index=range(len(frame)))
+    for column in COLUMNS:
+        values = frame[column].reset_index(drop=True)
+        if column == "InvoiceDate":
+            out[column] = values.astype("datetime64[us]").astype("int64")
+        elif column == "Quantity":
+            out[column] = values.astype("int64")
+        elif column == "UnitPrice":
+            out[column] = values.astype("float64")
+        else:  # text; a missing value must not hash like an empty string
+            out[column] = values.astype(object).where(values.notna(), "\x00<missing>")
+    return out
+
+
+def combine_digests(digests: list[str]) -> str:
+    total = sum(int(d, 16) for d in digests) % 2**64
+    return f"{total:016x}"
+
+
+def window_path(windows_dir: Path, index: int) -> Path:
+    return windows_dir / f"window-{index}.parquet"
+
+
+def manifest_path(windows_dir: Path, index: int) -> Path:
+    return windows_dir / f"window-{index}.json"
+
+
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success make it durable and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_window(frame: pd.DataFrame, windows_dir: Path, manifest: Manifest) -> Manifest:
+    """Write a window's rows then its manifest, both atomically; return the manifest."""
+    table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=ARROW_SCHEMA, preserve_index=False)
+    with _atomic_target(window_path(windows_dir, manifest.window)) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    with _atomic_target(manifest_path(windows_dir, manifest.window)) as tmp:
+        tmp.write_text(manifest.to_json())
+    return manifest
+
+
+def read_window(windows_dir: Path, index: int) -> pd.DataFrame:
+    return pq.read_table(window_path(windows_dir, index)).to_pandas()
+
+
+def read_manifests(windows_dir: Path) -> list[Manifest]:
+    """Every complete window's manifest, in window order."""
+    manifests = [Manifest.from_json(p.read_text()) for p in windows_dir.glob("window-*.json")]
+    return sorted(manifests, key=lambda m: m.window)
