@@ -1,0 +1,138 @@
+"""The local broker of infra/kafka_broker.py: it serves, stops cleanly and keeps its data."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from infra.kafka_broker import (
+    Broker,
+    BrokerError,
+    fetch_runtime,
+    free_port_pair,
+    main,
+    port_in_use,
+    start_broker,
+    stop_broker,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    with KafkaAdminClient(bootstrap_servers=bootstrap) as admin:
+        admin.create_topics(
+            {topic: {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True
+        )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for value in values:
+        producer.send(topic, value)
+    producer.flush()
+    producer.close()
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[bytes]:
+    """Read partition 0 of ``topic`` from the beginning until ``expected`` records (or timeout)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(values) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                values += [record.value for record in records]
+        return values
+    finally:
+        consumer.close()
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_serves_stops_and_keeps_messages_across_restart(private_broker: Broker, unique_topic):
+    topic = unique_topic("broker")
+    values = [f"message-{i}".encode() for i in range(5)]
+    produce(private_broker.bootstrap, topic, values)
+    assert consume_all(private_broker.bootstrap, topic, len(values)) == values
+    # The JVM's own output stays empty: in particular no SLF4J "no binding" warning, which would
+    # mean the broker logs nowhere (see the logging binding in infra/kafka/pom.xml).
+    assert (private_broker.state_dir / "logs" / "broker.out").read_text() == ""
+    assert "Kafka Server started" in (private_broker.state_dir / "logs" / "server.log").read_text()
+
+    assert stop_broker(private_broker.state_dir) is True
+    assert process_gone(private_broker.pid)
+    assert not (private_broker.state_dir / "broker.pid").exists()
+    assert not port_in_use(private_broker.port)
+    assert not port_in_use(private_broker.port + 1)
+
+    restarted = start_broker(private_broker.port, private_broker.state_dir)
+    assert restarted.pid != private_broker.pid
+    assert consume_all(restarted.bootstrap, topic, len(values)) == values
+
+
+def test_up_is_idempotent(private_broker: Broker, monkeypatch, capsys):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    args = ["up", "--port", str(private_broker.port), "--state-dir", str(private_broker.state_dir)]
+
+    assert main(args) == 0
+    assert f"already running at {private_broker.bootstrap} (pid {private_broker.pid})" in (
+        capsys.readouterr().out
+    )
+    assert start_broker(private_broker.port, private_broker.state_dir) == private_broker
+    pid_file = private_broker.state_dir / "broker.pid"
+    assert pid_file.read_text().strip() == str(private_broker.pid)
+    assert main(["status", "--state-dir", str(private_broker.state_dir)]) == 0
+
+
+def test_up_with_external_cluster_starts_nothing(private_broker: Broker, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_broker.bootstrap)
+    assert main(["up", "--port", str(free_port_pair()), "--state-dir", str(tmp_path / "x")]) == 0
+    assert not (tmp_path / "x" / "broker.pid").exists()
+
+
+def test_stop_when_not_running_is_a_noop(tmp_path: Path, capsys):
+    assert stop_broker(tmp_path) is False
+    assert "no broker running" in capsys.readouterr().out
+
+    # A stale pid file naming a live process that is not this state dir's broker (this very
+    # pytest process): it must not be signalled, and the stale file goes away.
+    (tmp_path / "broker.pid").write_text(f"{os.getpid()}\n")
+    assert stop_broker(tmp_path) is False
+    assert "stale pid file" in capsys.readouterr().out
+    assert not (tmp_path / "broker.pid").exists()
+
+
+def test_port_taken_by_something_else_is_named(tmp_path: Path):
+    port = free_port_pair()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(BrokerError, match=f"port {port} .* already in use"):
+            start_broker(port, tmp_path)
+
+
+def test_kafka_home_without_libs_is_a_clear_error(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("KAFKA_HOME", str(tmp_path))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    with pytest.raises(BrokerError, match="KAFKA_HOME=.* has no .*kafka_2.13-"):
+        fetch_runtime()
+
+    args = ["up", "--port", str(free_port_pair()), "--state-dir", str(tmp_path / "state")]
+    assert main(args) == 1
+    assert "error: KAFKA_HOME=" in capsys.readouterr().err
