@@ -53,6 +53,9 @@ class Manifest:
     first_invoice_date: str | None
     last_invoice_date: str | None
     replay: str = ""
+    # Index of this window within its replay (0-based): with the replay, it says what the window is.
+    replay_window: int = 0
+    replay_started_ms: int = 0
     schema_version: int = 1
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 

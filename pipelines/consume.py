@@ -1,0 +1,386 @@
+"""Cut the transaction stream into window files, exactly once.
+
+    python -m pipelines.consume [--windows 3] [--window-rows N | --window-seconds T]
+
+How a window is defined, so that any run over the same topic cuts the same windows:
+- by rows (default): the invoice starting at line `seq` of a replay falls in window `seq // N`, with
+  N = a third of the replay unless `--window-rows` says otherwise. Invoices are never split, so a
+  window holds N rows give or take one invoice;
+- by time (`--window-seconds T`): a message falls in window `(timestamp - replay start) // T`, from
+  the record timestamps the producer stamped, which Kafka stores with the record.
+A window closes once every partition of the topic has moved past it (a later message or the
+replay's end marker), never on a timer. It is then written (Parquet, then manifest, atomically) and
+only then are the offsets committed. On (re)start the consumer seeks to where the last manifest
+says the next window begins, so a kill at any moment neither loses nor duplicates a row.
+
+Windows are built by one active member of the consumer group, which needs every partition; a
+second member is a standby that takes over through the group's rebalance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+from tqdm import tqdm
+
+from pipelines.config import Settings
+from pipelines.messages import EndOfReplay, PoisonMessage, decode
+from pipelines.schema import COLUMNS
+from pipelines.windows import Manifest, read_manifests, rows_digest, write_window
+
+DEAD_LETTERS = "dead-letters.jsonl"
+END = math.inf  # the local index of an end-of-replay marker: after every window of its replay
+
+# (replay start in epoch ms, replay id, window index within the replay): sorts in stream order.
+WindowKey = tuple[int, str, float]
+
+
+@dataclass
+class ClosedWindow:
+    key: WindowKey
+    rows: list[list]
+    # partition -> [first offset, end offset) of this window, as the manifest records it.
+    offsets: dict[int, list[int]]
+
+
+@dataclass
+class _Pending:
+    partition: int
+    offset: int
+    seq: int
+    rows: list[list]
+
+
+@dataclass
+class WindowBuilder:
+    """The windowing logic, free of Kafka clients so that it can be tested on its own."""
+
+    partitions: list[int]
+    # Where the next window begins in each partition: the resume position.
+    positions: dict[int, int]
+    window_rows: int = 0
+    window_seconds: float = 0.0
+    last_closed: WindowKey | None = None
+    _pending: dict[WindowKey, list[_Pending]] = field(default_factory=dict)
+    _frontier: dict[int, WindowKey] = field(default_factory=dict)
+
+    def key_of(self, seq: int, total: int, t0: int, timestamp_ms: int, replay: str) -> WindowKey:
+        if self.window_seconds > 0:
+            return (t0, replay, (timestamp_ms - t0) // int(self.window_seconds * 1000))
+        size = self.window_rows or math.ceil(total / 3)
+        return (t0, replay, seq // size)
+
+    def add(self, partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> int:
+        """Take one record and return its row count; raise PoisonMessage (the caller
+        dead-letters it) if it is unusable."""
+        message = decode(value)
+        rows = 0
+        if isinstance(message, EndOfReplay):
+            key: WindowKey = (message.t0, message.replay, END)
+        else:
+            rows = len(message.rows)
+            key = self.key_of(message.seq, message.total, message.t0, timestamp_ms, message.replay)
+            if self.last_closed is not None and key <= self.last_closed:
+                raise PoisonMessage(f"late message: its window {key[2]} was already written")
+            pending = _Pending(partition, offset, message.seq, message.rows)
+            self._pending.setdefault(key, []).append(pending)
+        self._frontier[partition] = max(key, self._frontier.get(partition, key))
+        return rows
+
+    def reset(self, positions: dict[int, int]) -> None:
+        """Forget what was read but not written: after a rebalance it is read again."""
+        self.positions = dict(positions)
+        self._pending.clear()
+        self._frontier.clear()
+
+    def pop_closed(self) -> ClosedWindow | None:
+        """The oldest window every partition has moved past, or None."""
+        if not self._pending or len(self._frontier) < len(self.partitions):
+            return None
+        key = min(self._pending)
+        if any(self._frontier[p] <= key for p in self.partitions):
+            return None
+        messages = sorted(self._pending.pop(key), key=lambda m: m.seq)
+        offsets = {}
+        for partition in self.partitions:
+            start = self.positions[partition]
+            ends = [m.offset + 1 for m in messages if m.partition == partition]
+            self.positions[partition] = max(ends, default=start)
+            offsets[partition] = [start, self.positions[partition]]
+        self.last_closed = key
+        return ClosedWindow(key, [row for m in messages for row in m.rows], offsets)
+
+
+def window_frame(rows: list[list]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"], format="ISO8601")
+    frame["Quantity"] = frame["Quantity"].astype("int64")
+    frame["UnitPrice"] = frame["UnitPrice"].astype("float64")
+    return frame
+
+
+class DeadLetters:
+    """Append-only JSON lines of unusable messages, each recorded once across restarts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._seen: set[tuple[str, int, int]] = set()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                self._seen.add((entry["topic"], entry["partition"], entry["offset"]))
+        self._file: IO[str] = path.open("a")
+        self.count = 0
+
+    def add(
+        self, topic: str, partition: int, offset: int, value: bytes | None, reason: str
+    ) -> None:
+        if (topic, partition, offset) in self._seen:
+            return
+        self._seen.add((topic, partition, offset))
+        text = None if value is None else value.decode("utf-8", errors="replace")
+        entry = {"topic": topic, "partition": partition, "offset": offset, "reason": reason}
+        self._file.write(json.dumps({**entry, "value": text}) + "\n")
+        self._file.flush()
+        self.count += 1
+
+    def sync(self) -> None:
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Pause newly assigned partitions: the poll loop seeks them to where the next window begins
+    (kafka-python does not allow blocking calls inside this callback)."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self.consumer = consumer
+        self.assigned: set[TopicPartition] | None = None
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.consumer.pause(*assigned)
+        self.assigned = set(assigned)
+
+
+@dataclass
+class ConsumeSummary:
+    windows: list[Manifest]
+    dead_letters: int
+
+    def __str__(self) -> str:
+        rows = sum(m.rows for m in self.windows)
+        names = ", ".join(f"window-{m.window}" for m in self.windows) or "none"
+        return f"wrote {names} ({rows:,} rows); {self.dead_letters} dead letters"
+
+
+def consume(
+    settings: Settings,
+    output_dir: Path,
+    max_windows: int = 3,
+    window_rows: int = 0,
+    window_seconds: float = 0.0,
+    progress: bool = True,
+    until_window: int = 0,
+) -> ConsumeSummary:
+    """Write windows until `max_windows` more are written or window `until_window` exists
+    (0 and 0 = run until interrupted)."""
+    topic = settings.kafka_topic
+    manifests = read_manifests(output_dir)
+    if manifests and manifests[-1].topic != topic:
+        raise ValueError(
+            f"{output_dir} holds windows of topic {manifests[-1].topic!r}, not {topic!r}; "
+            "choose another --output-dir"
+        )
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.kafka_group,
+        client_id="retail-window-builder",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    partitions = _wait_for_partitions(consumer, topic)
+    last = manifests[-1] if manifests else None
+    builder = WindowBuilder(
+        partitions,
+        positions={},
+        window_rows=window_rows,
+        window_seconds=window_seconds,
+        last_closed=(_key_of_manifest(last) if last else None),
+    )
+    dead = DeadLetters(output_dir / DEAD_LETTERS)
+
+    def resume(assigned: set[TopicPartition]) -> None:
+        positions = _resume_positions(consumer, topic, partitions, last)
+        for tp in assigned:
+            consumer.seek(tp, positions[tp.partition])
+        builder.reset(positions)
+        consumer.resume(*assigned)
+        missing = set(partitions) - {tp.partition for tp in assigned}
+        if missing:
+            print(
+                f"waiting: this member does not hold partitions {sorted(missing)}", file=sys.stderr
+            )
+
+    rebalance = _Rebalance(consumer)
+    consumer.subscribe([topic], listener=rebalance)
+    written: list[Manifest] = []
+    next_window = last.window + 1 if last else 1
+
+    def done() -> bool:
+        return bool(max_windows and len(written) >= max_windows) or bool(
+            until_window and next_window > until_window
+        )
+
+    bar = tqdm(unit="rows", disable=not progress, desc="consume")
+    try:
+        while not done():
+            batch = consumer.poll(timeout_ms=500)
+            if rebalance.assigned is not None:
+                # Drop what this poll fetched: it is read again from the positions set now.
+                assigned, rebalance.assigned = rebalance.assigned, None
+                resume(assigned)
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        rows = builder.add(
+                            tp.partition, record.offset, record.timestamp, record.value
+                        )
+                    except PoisonMessage as poison:
+                        dead.add(topic, tp.partition, record.offset, record.value, str(poison))
+                    else:
+                        bar.update(rows)
+            while not done() and (closed := builder.pop_closed()):
+                manifest = _write(closed, next_window, topic, output_dir, dead)
+                consumer.commit(
+                    {
+                        TopicPartition(topic, p): OffsetAndMetadata(end, manifest.parquet_name, -1)
+                        for p, (_, end) in manifest.offsets.items()
+                    }
+                )
+                last = manifest
+                written.append(manifest)
+                next_window += 1
+                bar.write(
+                    f"window-{manifest.window}: {manifest.rows:,} rows, digest {manifest.digest}"
+                )
+    finally:
+        bar.close()
+        dead.close()
+        consumer.close(autocommit=False)
+    return ConsumeSummary(written, dead.count)
+
+
+def _write(
+    closed: ClosedWindow, number: int, topic: str, output_dir: Path, dead: DeadLetters
+) -> Manifest:
+    frame = window_frame(closed.rows)
+    t0, replay, local = closed.key
+    dates = frame["InvoiceDate"]
+    manifest = Manifest(
+        window=number,
+        topic=topic,
+        offsets=closed.offsets,
+        rows=len(frame),
+        digest=rows_digest(frame),
+        first_invoice_date=str(dates.min()),
+        last_invoice_date=str(dates.max()),
+        replay=replay,
+        replay_window=int(local),
+        replay_started_ms=t0,
+    )
+    dead.sync()
+    return write_window(frame, output_dir, manifest)
+
+
+def _key_of_manifest(manifest: Manifest) -> WindowKey:
+    return (manifest.replay_started_ms, manifest.replay, manifest.replay_window)
+
+
+def _wait_for_partitions(consumer: KafkaConsumer, topic: str) -> list[int]:
+    """The topic's partitions, once it exists (the producer may create it after we start)."""
+    announced = False
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if not announced:
+            print(f"waiting for topic {topic!r} to exist", file=sys.stderr)
+            announced = True
+        consumer.poll(timeout_ms=1000)
+        consumer.topics()
+    return sorted(partitions)
+
+
+def _resume_positions(
+    consumer: KafkaConsumer, topic: str, partitions: list[int], last: Manifest | None
+) -> dict[int, int]:
+    """The last manifest decides; partitions it does not name start at the group's commit or
+    the beginning of the log."""
+    positions = dict((p, end) for p, (_, end) in last.offsets.items()) if last else {}
+    unknown = [TopicPartition(topic, p) for p in partitions if p not in positions]
+    beginnings = consumer.beginning_offsets(unknown) if unknown else {}
+    for tp in unknown:
+        committed = consumer.committed(tp)
+        positions[tp.partition] = committed if committed is not None else beginnings[tp]
+    return positions
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--windows", type=int, default=3, help="stop after writing N windows; 0 = run on"
+    )
+    parser.add_argument(
+        "--until-window", type=int, default=0, help="stop once window-K exists (for restarts)"
+    )
+    parser.add_argument("--window-rows", type=int, default=0, help="0 = a third of the replay")
+    parser.add_argument("--window-seconds", type=float, default=0.0, help="cut by time instead")
+    parser.add_argument("--output-dir", type=Path, default=settings.windows_dir)
+    parser.add_argument("--topic", default=settings.kafka_topic)
+    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
+    parser.add_argument("--group", default=settings.kafka_group)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if min(args.windows, args.until_window, args.window_rows, args.window_seconds) < 0:
+        parser.error("--windows, --until-window, --window-rows and --window-seconds must be >= 0")
+    if args.window_rows and args.window_seconds:
+        parser.error("choose one of --window-rows and --window-seconds")
+    settings = replace(
+        settings,
+        kafka_topic=args.topic,
+        kafka_bootstrap_servers=args.bootstrap_servers,
+        kafka_group=args.group,
+    )
+    summary = consume(
+        settings,
+        args.output_dir,
+        args.windows,
+        args.window_rows,
+        args.window_seconds,
+        not args.no_progress,
+        args.until_window,
+    )
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

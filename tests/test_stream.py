@@ -1,0 +1,305 @@
+"""Integration tests of the stream against a real Kafka broker: replay a generated dataset, cut it
+into windows, and check that the windows hold every input row exactly once, whatever happens to
+the consumer or the broker on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from infra.kafka_broker import start_broker, stop_broker
+from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.consume import DEAD_LETTERS, consume
+from pipelines.generate import write_dataset
+from pipelines.load import load_transactions
+from pipelines.produce import ensure_topic, replay
+from pipelines.windows import combine_digests, read_manifests, read_window, rows_digest
+
+pytestmark = pytest.mark.kafka
+
+ROWS = 60_000
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "retail.csv", rows=ROWS, seed=11)
+
+
+@pytest.fixture(scope="module")
+def input_digest(dataset: Path) -> str:
+    return rows_digest(load_transactions(dataset).frame)
+
+
+def _settings(bootstrap: str, topic: str, group: str = "windows") -> Settings:
+    return replace(
+        Settings.from_env(),
+        kafka_bootstrap_servers=bootstrap,
+        kafka_topic=topic,
+        kafka_group=f"{topic}-{group}",
+    )
+
+
+def _cli(module: str, *args: str, bootstrap: str) -> list[str]:
+    return [sys.executable, "-m", f"pipelines.{module}", *args, "--bootstrap-servers", bootstrap]
+
+
+def _spawn(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float = 180) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def _wait_until_topic_holds(bootstrap: str, topic: str, messages: int, timeout: float = 60) -> None:
+    probe = KafkaConsumer(bootstrap_servers=bootstrap)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or ()]
+            if partitions and sum(probe.end_offsets(partitions).values()) >= messages:
+                return
+            time.sleep(0.1)
+    finally:
+        probe.close()
+    pytest.fail(f"topic {topic} did not reach {messages} messages in {timeout} s")
+
+
+def _assert_windows_hold_exactly(windows_dir: Path, digest: str, rows: int) -> None:
+    manifests = read_manifests(windows_dir)
+    assert [m.window for m in manifests] == [1, 2, 3]
+    assert sum(m.rows for m in manifests) == rows
+    assert sum(len(read_window(windows_dir, m.window)) for m in manifests) == rows
+    assert combine_digests([m.digest for m in manifests]) == digest
+    for manifest in manifests:  # each manifest describes its own file
+        assert rows_digest(read_window(windows_dir, manifest.window)) == manifest.digest
+
+
+def test_replay_into_three_windows_holds_the_input_exactly(
+    dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
+):
+    settings = _settings(kafka_bootstrap, unique_topic("retail"))
+    sent = replay(dataset, settings, progress=False)
+    assert sent.rows == ROWS
+
+    summary = consume(settings, tmp_path / "windows", max_windows=3, progress=False)
+
+    assert len(summary.windows) == 3 and summary.dead_letters == 0
+    _assert_windows_hold_exactly(tmp_path / "windows", input_digest, ROWS)
+    manifests = read_manifests(tmp_path / "windows")
+    for window in manifests:  # each window is about a third, whole invoices only
+        assert abs(window.rows - ROWS / 3) < 200
+    for partition in manifests[0].offsets:  # offset ranges tile each partition
+        spans = [m.offsets[partition] for m in manifests]
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    frame = read_window(tmp_path / "windows", 1)
+    assert list(frame.columns)[:8] == list(load_transactions(dataset).frame.columns)
+    assert str(frame["InvoiceDate"].dtype).startswith("datetime64")
+
+
+def test_consumer_killed_mid_window_then_restarted_writes_the_same_windows(
+    dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
+):
+    topic = unique_topic("retail")
+    producer = _spawn(
+        _cli(
+            "produce",
+            "--input",
+            str(dataset),
+            "--topic",
+            topic,
+            "--rate",
+            "20000",
+            "--no-progress",
+            bootstrap=kafka_bootstrap,
+        )
+    )
+    killed_dir = tmp_path / "killed"
+    consume_args = ["--topic", topic, "--windows", "0", "--until-window", "3", "--no-progress"]
+    kills = 0
+    # Kill at three moments: early in window 1, just after window 1 is written, mid window 2.
+    for ready in (
+        lambda: True,
+        lambda: (killed_dir / "window-1.json").exists(),
+        lambda: (killed_dir / "window-1.json").exists(),
+    ):
+        consumer = _spawn(
+            _cli(
+                "consume",
+                *consume_args,
+                "--output-dir",
+                str(killed_dir),
+                "--group",
+                f"{topic}-killed",
+                bootstrap=kafka_bootstrap,
+            )
+        )
+        deadline = time.monotonic() + 60
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.4 + 0.3 * kills)
+        if consumer.poll() is None:
+            consumer.send_signal(signal.SIGKILL)
+            kills += 1
+        consumer.wait(timeout=30)
+    assert kills >= 2, "the consumer finished before it could be killed: slow the producer down"
+    _finish(
+        _spawn(
+            _cli(
+                "consume",
+                *consume_args,
+                "--output-dir",
+                str(killed_dir),
+                "--group",
+                f"{topic}-killed",
+                bootstrap=kafka_bootstrap,
+            )
+        )
+    )
+    _finish(producer)
+
+    clean_dir = tmp_path / "clean"
+    _finish(
+        _spawn(
+            _cli(
+                "consume",
+                *consume_args,
+                "--output-dir",
+                str(clean_dir),
+                "--group",
+                f"{topic}-clean",
+                bootstrap=kafka_bootstrap,
+            )
+        )
+    )
+
+    _assert_windows_hold_exactly(killed_dir, input_digest, ROWS)
+    for killed, clean in zip(read_manifests(killed_dir), read_manifests(clean_dir), strict=True):
+        assert (killed.offsets, killed.rows, killed.digest) == (
+            clean.offsets,
+            clean.rows,
+            clean.digest,
+        )
+        pd.testing.assert_frame_equal(
+            read_window(killed_dir, killed.window), read_window(clean_dir, clean.window)
+        )
+
+
+def test_broker_restarted_mid_stream_loses_and_duplicates_nothing(
+    dataset, input_digest, private_broker, unique_topic, tmp_path
+):
+    topic, bootstrap = unique_topic("retail"), private_broker.bootstrap
+    port = int(bootstrap.rsplit(":", 1)[1])
+    producer = _spawn(
+        _cli(
+            "produce",
+            "--input",
+            str(dataset),
+            "--topic",
+            topic,
+            "--rate",
+            "10000",
+            "--no-progress",
+            bootstrap=bootstrap,
+        )
+    )
+    consumer = _spawn(
+        _cli(
+            "consume",
+            "--topic",
+            topic,
+            "--windows",
+            "3",
+            "--no-progress",
+            "--output-dir",
+            str(tmp_path / "windows"),
+            bootstrap=bootstrap,
+        )
+    )
+    _wait_until_topic_holds(bootstrap, topic, messages=600)  # a fifth of the stream is through
+    stop_broker(private_broker.state_dir)
+    time.sleep(3)
+    start_broker(port, private_broker.state_dir)
+
+    output = _finish(producer)
+    assert f"{ROWS:,} rows" in output
+    _finish(consumer)
+    _assert_windows_hold_exactly(tmp_path / "windows", input_digest, ROWS)
+
+
+POISON = [
+    b"not json at all",
+    b"[1, 2, 3]",
+    b'{"v": 99, "type": "rows"}',
+    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, "rows": []}',
+    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
+    b'"rows": [["1", "A", null, "many", "2010-12-01 08:26:00", 1.0, null, "UK"]]}',
+    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
+    b'"rows": [["1", "A", null, 3, "2010-12-01 08:26:00", NaN, null, "UK"]]}',
+    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
+    b'"rows": [["1", "A", null, 3, "yesterday", 1.0, null, "UK"]]}',
+    b"\xff\xfe\x00binary",
+    None,
+]
+
+
+def test_poison_messages_go_to_the_dead_letter_file_and_the_stream_goes_on(
+    dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
+):
+    settings = _settings(kafka_bootstrap, unique_topic("retail"))
+    poisoner = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+
+    def inject() -> None:
+        for round_ in range(3):  # before the replay starts and while it runs
+            for value in POISON:
+                poisoner.send(settings.kafka_topic, key=b"poison", value=value)
+            poisoner.flush()
+            time.sleep(0.3 * round_)
+
+    ensure_topic(kafka_bootstrap, settings.kafka_topic, 3)
+    inject_thread = threading.Thread(target=inject)
+    inject_thread.start()
+    replay(dataset, settings, rate=40_000, progress=False)
+    inject_thread.join()
+    poisoner.close()
+
+    summary = consume(settings, tmp_path / "windows", max_windows=3, progress=False)
+
+    _assert_windows_hold_exactly(tmp_path / "windows", input_digest, ROWS)
+    letters = [
+        json.loads(line) for line in (tmp_path / "windows" / DEAD_LETTERS).read_text().splitlines()
+    ]
+    assert summary.dead_letters == len(letters) == 3 * len(POISON)
+    assert all(letter["reason"] and letter["offset"] >= 0 for letter in letters)
+    assert len({(letter["partition"], letter["offset"]) for letter in letters}) == len(letters)
+    reasons = " ".join(letter["reason"] for letter in letters)
+    for expected in (
+        "not JSON",
+        "schema version",
+        "non-empty list",
+        "Quantity",
+        "UnitPrice",
+        "InvoiceDate",
+        "null value",
+    ):
+        assert expected in reasons
