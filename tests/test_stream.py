@@ -50,19 +50,28 @@ def _settings(bootstrap: str, topic: str, group: str = "windows") -> Settings:
     )
 
 
-def _cli(module: str, *args: str, bootstrap: str) -> list[str]:
-    return [sys.executable, "-m", f"pipelines.{module}", *args, "--bootstrap-servers", bootstrap]
-
-
-def _spawn(command: list[str]) -> subprocess.Popen:
+def _spawn(module: str, *args: str, bootstrap: str) -> subprocess.Popen:
+    """Run `python -m pipelines.<module>` as a separate process, as a user would."""
     return subprocess.Popen(
-        command,
+        [sys.executable, "-m", f"pipelines.{module}", *args, "--bootstrap-servers", bootstrap],
         cwd=PROJECT_ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _producer(dataset: Path, topic: str, rate: int, bootstrap: str) -> subprocess.Popen:
+    args = ["--input", str(dataset), "--topic", topic, "--rate", str(rate), "--no-progress"]
+    return _spawn("produce", *args, bootstrap=bootstrap)
+
+
+def _consumer(topic: str, output_dir: Path, group: str, bootstrap: str) -> subprocess.Popen:
+    """A consumer that stops once window-3 exists, however many restarts it took to get there."""
+    args = ["--topic", topic, "--until-window", "3", "--windows", "0", "--no-progress"]
+    args += ["--output-dir", str(output_dir), "--group", group]
+    return _spawn("consume", *args, bootstrap=bootstrap)
 
 
 def _finish(process: subprocess.Popen, timeout: float = 180) -> str:
@@ -121,39 +130,13 @@ def test_consumer_killed_mid_window_then_restarted_writes_the_same_windows(
     dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
 ):
     topic = unique_topic("retail")
-    producer = _spawn(
-        _cli(
-            "produce",
-            "--input",
-            str(dataset),
-            "--topic",
-            topic,
-            "--rate",
-            "20000",
-            "--no-progress",
-            bootstrap=kafka_bootstrap,
-        )
-    )
-    killed_dir = tmp_path / "killed"
-    consume_args = ["--topic", topic, "--windows", "0", "--until-window", "3", "--no-progress"]
+    producer = _producer(dataset, topic, rate=20_000, bootstrap=kafka_bootstrap)
+    killed_dir, killed_group = tmp_path / "killed", f"{topic}-killed"
+    window_1_written = (killed_dir / "window-1.json").exists
     kills = 0
     # Kill at three moments: early in window 1, just after window 1 is written, mid window 2.
-    for ready in (
-        lambda: True,
-        lambda: (killed_dir / "window-1.json").exists(),
-        lambda: (killed_dir / "window-1.json").exists(),
-    ):
-        consumer = _spawn(
-            _cli(
-                "consume",
-                *consume_args,
-                "--output-dir",
-                str(killed_dir),
-                "--group",
-                f"{topic}-killed",
-                bootstrap=kafka_bootstrap,
-            )
-        )
+    for ready in (lambda: True, window_1_written, window_1_written):
+        consumer = _consumer(topic, killed_dir, killed_group, kafka_bootstrap)
         deadline = time.monotonic() + 60
         while not ready() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -163,35 +146,11 @@ def test_consumer_killed_mid_window_then_restarted_writes_the_same_windows(
             kills += 1
         consumer.wait(timeout=30)
     assert kills >= 2, "the consumer finished before it could be killed: slow the producer down"
-    _finish(
-        _spawn(
-            _cli(
-                "consume",
-                *consume_args,
-                "--output-dir",
-                str(killed_dir),
-                "--group",
-                f"{topic}-killed",
-                bootstrap=kafka_bootstrap,
-            )
-        )
-    )
+    _finish(_consumer(topic, killed_dir, killed_group, kafka_bootstrap))
     _finish(producer)
 
     clean_dir = tmp_path / "clean"
-    _finish(
-        _spawn(
-            _cli(
-                "consume",
-                *consume_args,
-                "--output-dir",
-                str(clean_dir),
-                "--group",
-                f"{topic}-clean",
-                bootstrap=kafka_bootstrap,
-            )
-        )
-    )
+    _finish(_consumer(topic, clean_dir, f"{topic}-clean", kafka_bootstrap))
 
     _assert_windows_hold_exactly(killed_dir, input_digest, ROWS)
     for killed, clean in zip(read_manifests(killed_dir), read_manifests(clean_dir), strict=True):
@@ -210,32 +169,8 @@ def test_broker_restarted_mid_stream_loses_and_duplicates_nothing(
 ):
     topic, bootstrap = unique_topic("retail"), private_broker.bootstrap
     port = int(bootstrap.rsplit(":", 1)[1])
-    producer = _spawn(
-        _cli(
-            "produce",
-            "--input",
-            str(dataset),
-            "--topic",
-            topic,
-            "--rate",
-            "10000",
-            "--no-progress",
-            bootstrap=bootstrap,
-        )
-    )
-    consumer = _spawn(
-        _cli(
-            "consume",
-            "--topic",
-            topic,
-            "--windows",
-            "3",
-            "--no-progress",
-            "--output-dir",
-            str(tmp_path / "windows"),
-            bootstrap=bootstrap,
-        )
-    )
+    producer = _producer(dataset, topic, rate=8_000, bootstrap=bootstrap)
+    consumer = _consumer(topic, tmp_path / "windows", f"{topic}-windows", bootstrap)
     _wait_until_topic_holds(bootstrap, topic, messages=600)  # a fifth of the stream is through
     stop_broker(private_broker.state_dir)
     time.sleep(3)
