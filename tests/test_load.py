@@ -1,0 +1,305 @@
+"""The loader on real samples and on hand-made files: columns, dtypes, both spellings, every date
+format, Excel with two sheets, Latin-1, and malformed lines reported with their exact numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.load import LoadError, MalformedLine, load_transactions, main
+from pipelines.schema import COLUMNS
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HEADER = ",".join(COLUMNS)
+II_HEADER = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
+
+
+def sample(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.fail(
+            f"missing test sample {path}: the repository expects shared/data/ beside it "
+            "(<parent>/main and <parent>/shared)",
+            pytrace=False,
+        )
+    return path
+
+
+def assert_canonical(frame: pd.DataFrame) -> None:
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["Quantity"].dtype == np.int64
+    assert frame["UnitPrice"].dtype == np.float64
+    assert frame["InvoiceDate"].dtype == "datetime64[ns]"
+    for name in ("InvoiceNo", "StockCode", "Description", "CustomerID", "Country"):
+        assert frame[name].dtype == object, name
+    ids = frame["CustomerID"].dropna()
+    assert ids.map(type).eq(str).all() and not ids.str.endswith(".0").any()
+
+
+def write(path: Path, *lines: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def test_raw_online_retail_sample() -> None:
+    path = sample("online_retail_head_raw.csv")
+    result = load_transactions(path)
+    frame = result.frame
+    assert_canonical(frame)
+    assert result.source == str(path)
+    assert len(frame) == 20  # 24 data lines, 4 of them malformed
+    assert frame["CustomerID"].nunique() == 9
+    assert frame["InvoiceNo"].nunique() == 11
+    first = frame.iloc[0]
+    assert first["InvoiceNo"] == "536365" and first["StockCode"] == "85123A"
+    assert first["InvoiceDate"] == pd.Timestamp("2010-12-01 08:26")  # from 12/1/10 8:26
+    assert first["CustomerID"] == "17850" and first["UnitPrice"] == 2.55
+    cancelled = frame[frame["InvoiceNo"] == "C536383"]
+    assert cancelled["Quantity"].tolist() == [-1]
+    assert frame["Description"].iloc[4] == "CHARLOTTE BAG DOLLY GIRL DE "  # kept verbatim
+
+    physical = path.read_text().splitlines()
+    assert [bad.line for bad in result.malformed] == [11, 19, 21, 23]
+    for bad in result.malformed:
+        assert bad.reason == "expected 8 fields, got 7"
+        assert bad.raw == physical[bad.line - 1]
+        assert bad.sheet is None
+    assert result.malformed[0].raw.startswith("536381,21175,GIN + TONIC DIET METAL   2,")
+    # File order is kept: the rows are the well-formed lines, in order.
+    malformed = {11, 19, 21, 23}
+    wanted = [
+        line.split(",")[0] for n, line in enumerate(physical, 1) if n > 1 and n not in malformed
+    ]
+    assert frame["InvoiceNo"].tolist() == wanted
+
+
+def test_online_retail_ii_sample() -> None:
+    result = load_transactions(sample("online_retail_II_head.csv"))
+    frame = result.frame
+    assert_canonical(frame)
+    assert result.malformed == []
+    assert len(frame) == 99
+    assert frame["InvoiceNo"].nunique() == 14
+    assert frame["CustomerID"].nunique() == 7
+    assert frame["InvoiceDate"].iloc[0] == pd.Timestamp("2010-12-01 08:26")  # 12/1/2010 08:26
+    assert frame["CustomerID"].iloc[0] == "17850"
+
+
+def test_every_date_format_and_excel_style_ids(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "dates.csv",
+        HEADER,
+        "536365,85123A,HEART,6,12/1/2010 08:26,2.55,17850.0,United Kingdom",
+        "536366,71053,LANTERN,6,12/1/10 8:28,3.39,17850,United Kingdom",
+        "536367,84879,BIRD,32,2010-12-01 08:34:00,1.69,,France",
+        "536368,22728,CLOCK,24,2011-06-30 17:05,3.75, 12583 ,France",
+    )
+    frame = load_transactions(path).frame
+    assert frame["InvoiceDate"].tolist() == [
+        pd.Timestamp("2010-12-01 08:26"),
+        pd.Timestamp("2010-12-01 08:28"),
+        pd.Timestamp("2010-12-01 08:34"),
+        pd.Timestamp("2011-06-30 17:05"),
+    ]
+    assert frame["CustomerID"].tolist() == ["17850", "17850", None, "12583"]
+
+
+def test_bad_values_are_reported_with_physical_line_numbers(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "bad.csv",
+        HEADER,
+        '536365,85123A,"TWO-LINE\nDESCRIPTION",6,12/1/2010 8:26,2.55,17850,United Kingdom',  # 2-3
+        "536365,71053,LANTERN,abc,12/1/2010 8:26,3.39,17850,United Kingdom",  # 4
+        "",  # 5: blank, skipped silently
+        "536366,84879,BIRD,32,13/45/2010 8:34,1.69,13047,United Kingdom",  # 6
+        "536366,22728,CLOCK,24,12/1/2010 8:34,cheap,13047,United Kingdom",  # 7
+        "536366,22661,BAG,1.5,12/1/2010 8:34,0.85,13047,United Kingdom,extra",  # 8
+        ",22344,POSTAGE,x,someday,18,13047,United Kingdom",  # 9
+        "536367,22139,TEA SET,23,12/1/2010 9:41,4.25,15311,United Kingdom",  # 10
+    )
+    result = load_transactions(path)
+    assert result.frame["StockCode"].tolist() == ["85123A", "22139"]
+    assert result.frame["Description"].iloc[0] == "TWO-LINE\nDESCRIPTION"
+    assert [(bad.line, bad.reason) for bad in result.malformed] == [
+        (4, "Quantity 'abc' is not an integer"),
+        (6, "InvoiceDate '13/45/2010 8:34' is not a date"),
+        (7, "UnitPrice 'cheap' is not a number"),
+        (8, "expected 8 fields, got 9"),
+        (
+            9,
+            "InvoiceNo is empty; Quantity 'x' is not an integer; "
+            "InvoiceDate 'someday' is not a date",
+        ),
+    ]
+    lines = path.read_text().splitlines()
+    assert all(bad.raw == lines[bad.line - 1] for bad in result.malformed)
+
+
+def test_unclosed_quote_is_one_malformed_record_naming_its_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "quote.csv",
+        HEADER,
+        '536365,85123A,"BROKEN,6,12/1/2010 8:26,2.55,17850,United Kingdom',  # 2, runs on to 3
+        '536365,71053,"LANTERN, WHITE",6,12/1/2010 8:26,3.39,17850,United Kingdom',  # 3
+        "536366,84879,BIRD,32,12/1/2010 8:34,1.69,13047,United Kingdom",  # 4
+    )
+    result = load_transactions(path)
+    assert result.frame["StockCode"].tolist() == ["84879"]
+    (bad,) = result.malformed
+    assert bad.line == 2
+    assert bad.reason == "expected 8 fields, got 9 (a quoted field runs over lines 2-3)"
+    assert bad.raw == "\n".join(path.read_text().splitlines()[1:3])
+
+
+def test_iso_dates_with_an_offset_become_naive_utc(tmp_path: Path) -> None:
+    path = write(tmp_path / "tz.csv", HEADER, "1,A,D,1,2010-12-01T08:26:00+01:00,1.5,,UK")
+    assert load_transactions(path).frame["InvoiceDate"].tolist() == [
+        pd.Timestamp("2010-12-01 07:26")
+    ]
+
+
+def test_non_integral_quantity_is_malformed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "q.csv",
+        HEADER,
+        "1,A,D,1.5,12/1/2010 8:26,1,,UK",
+        "2,A,D,3.0,12/1/2010 8:26,1,,UK",
+    )
+    result = load_transactions(path)
+    assert result.frame["Quantity"].tolist() == [3]
+    assert result.malformed == [
+        MalformedLine(2, "Quantity '1.5' is not an integer", "1,A,D,1.5,12/1/2010 8:26,1,,UK")
+    ]
+
+
+def test_latin_1_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "latin1.csv",
+        HEADER,
+        "536365,85123A,CRÈME BRÛLÉE SET,6,12/1/2010 8:26,2.55,17850,Curaçao",
+        encoding="latin-1",
+    )
+    frame = load_transactions(path).frame
+    assert frame["Description"].tolist() == ["CRÈME BRÛLÉE SET"]
+    assert frame["Country"].tolist() == ["Curaçao"]
+
+
+def test_latin_1_byte_that_python_calls_a_line_break(tmp_path: Path) -> None:
+    """cp1252's ellipsis is byte 0x85, which Latin-1 decodes to NEL: not a CSV line break."""
+    path = tmp_path / "nel.csv"
+    rows = [HEADER, "1,A,WAIT\x85,1,12/1/2010 8:26,1.5,,UK", "2,B,BAD,x,12/1/2010 8:26,1.5,,UK"]
+    path.write_bytes("\n".join(rows).encode("latin-1"))
+    result = load_transactions(path)
+    assert result.frame["Description"].tolist() == ["WAIT\x85"]
+    assert [bad.line for bad in result.malformed] == [3]
+
+
+def test_utf8_with_bom_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(
+        (
+            "\ufeff" + II_HEADER + "\r\n536365,85123A,CAFÉ,6,12/1/2010 8:26,2.55,17850,France\r\n"
+        ).encode("utf-8")
+    )
+    result = load_transactions(path)
+    assert result.malformed == []
+    assert result.frame["Description"].tolist() == ["CAFÉ"]
+
+
+def test_xlsx_with_two_sheets(tmp_path: Path) -> None:
+    def sheet(invoices: list[str], ids: list[float], dates: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "Invoice": invoices,
+                "StockCode": ["85123A", "71053"],
+                "Description": ["HEART", None],
+                "Quantity": [6, -2],
+                "InvoiceDate": pd.to_datetime(dates),
+                "Price": [2.55, 3.0],
+                "Customer ID": ids,
+                "Country": ["United Kingdom", "France"],
+            }
+        )
+
+    path = tmp_path / "online_retail_II.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        first = sheet(["489434", "C489435"], [13085.0, np.nan], ["2009-12-01 07:45"] * 2)
+        first.to_excel(writer, sheet_name="Year 2009-2010", index=False)
+        second = sheet([536365, 536366], [17850.0, 12583.0], ["2010-12-01 08:26"] * 2)
+        second.to_excel(writer, sheet_name="Year 2010-2011", index=False)
+
+    result = load_transactions(path)
+    frame = result.frame
+    assert_canonical(frame)
+    assert result.malformed == []
+    assert frame["InvoiceNo"].tolist() == ["489434", "C489435", "536365", "536366"]
+    assert frame["CustomerID"].tolist() == ["13085", None, "17850", "12583"]
+    assert frame["Quantity"].tolist() == [6, -2, 6, -2]
+    assert frame["UnitPrice"].tolist() == [2.55, 3.0, 2.55, 3.0]
+    assert frame["Description"].tolist() == ["HEART", "", "HEART", ""]
+    assert frame["InvoiceDate"].iloc[2] == pd.Timestamp("2010-12-01 08:26")
+
+
+def test_xlsx_bad_value_names_sheet_and_row(tmp_path: Path) -> None:
+    path = tmp_path / "bad.xlsx"
+    rows = pd.DataFrame(
+        [
+            ["536365", "85123A", "HEART", 6, "12/1/2010 8:26", 2.55, 17850, "United Kingdom"],
+            ["536366", "71053", "LANTERN", "abc", "12/1/2010 8:28", 3.39, 17850, "France"],
+        ],
+        columns=list(COLUMNS),
+    )
+    rows.to_excel(path, sheet_name="Online Retail", index=False)
+    result = load_transactions(path)
+    assert result.frame["InvoiceNo"].tolist() == ["536365"]
+    (bad,) = result.malformed
+    assert (bad.sheet, bad.line, bad.reason) == (
+        "Online Retail",
+        3,
+        "Quantity 'abc' is not an integer",
+    )
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        load_transactions(tmp_path / "nowhere.csv")
+
+
+def test_wrong_header_names_what_is_missing(tmp_path: Path) -> None:
+    header = "InvoiceNo,StockCode,Quantity,When,UnitPrice,CustomerID,Country"
+    path = write(tmp_path / "h.csv", header, "536365,85123A,6,12/1/2010 8:26,2.55,17850,UK")
+    with pytest.raises(
+        LoadError, match=r"missing \['Description', 'InvoiceDate'\], unknown \['When'\]"
+    ):
+        load_transactions(path)
+
+
+def test_headerless_empty_and_unknown_files_are_refused(tmp_path: Path) -> None:
+    data_first = write(tmp_path / "d.csv", "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,UK")
+    with pytest.raises(LoadError, match="not an Online Retail header"):
+        load_transactions(data_first)
+    with pytest.raises(LoadError, match="no header"):
+        load_transactions(write(tmp_path / "e.csv", ""))
+    with pytest.raises(LoadError, match="unsupported file type '.json'"):
+        load_transactions(write(tmp_path / "f.json", "{}"))
+
+
+def test_cli_prints_counts_and_malformed_lines(capsys: pytest.CaptureFixture) -> None:
+    assert main([str(sample("online_retail_head_raw.csv"))]) == 0
+    out = capsys.readouterr().out
+    assert "rows:          20" in out
+    assert "cancellations: 1 invoices" in out
+    assert "malformed:     4 lines" in out
+    assert "line 11: expected 8 fields, got 7: 536381,21175,GIN + TONIC DIET METAL   2," in out
+
+
+def test_cli_error_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing.csv")])
+    assert exit_info.value.code == 2
+    assert "no such transactions file" in capsys.readouterr().err
