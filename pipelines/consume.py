@@ -24,18 +24,28 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from pathlib import Path
 from typing import IO
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
 from pipelines.config import Settings
-from pipelines.messages import EndOfReplay, PoisonMessage, decode
+from pipelines.messages import (
+    HEADER_FIELDS,
+    LINE_FIELDS,
+    EndOfReplay,
+    Invoice,
+    PoisonMessage,
+    decode,
+)
 from pipelines.schema import COLUMNS
 from pipelines.windows import Manifest, read_manifests, rows_digest, write_window
 
@@ -47,19 +57,35 @@ WindowKey = tuple[int, str, float]
 
 
 @dataclass
-class ClosedWindow:
-    key: WindowKey
-    rows: list[list]
-    # partition -> [first offset, end offset) of this window, as the manifest records it.
-    offsets: dict[int, list[int]]
-
-
-@dataclass
 class _Pending:
     partition: int
     offset: int
-    seq: int
-    rows: list[list]
+    invoice: Invoice
+
+
+@dataclass
+class ClosedWindow:
+    key: WindowKey
+    invoices: list[Invoice]  # in file order
+    # partition -> [first offset, end offset) of this window, as the manifest records it.
+    offsets: dict[int, list[int]]
+
+    def __len__(self) -> int:
+        return sum(map(len, self.invoices))
+
+    def frame(self) -> pd.DataFrame:
+        """The window's rows in the canonical schema, each invoice header repeated per line."""
+        columns: dict[str, list] = {name: [] for name in COLUMNS}
+        for invoice in self.invoices:
+            for name, value in zip(HEADER_FIELDS, invoice.header, strict=True):
+                columns[name].extend(repeat(value, len(invoice)))
+            for name, values in zip(LINE_FIELDS, invoice.columns, strict=True):
+                columns[name].extend(values)
+        frame = pd.DataFrame(columns, columns=list(COLUMNS))
+        frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"], format="ISO8601")
+        frame["Quantity"] = frame["Quantity"].astype("int64")
+        frame["UnitPrice"] = frame["UnitPrice"].astype("float64")
+        return frame
 
 
 @dataclass
@@ -89,12 +115,11 @@ class WindowBuilder:
         if isinstance(message, EndOfReplay):
             key: WindowKey = (message.t0, message.replay, END)
         else:
-            rows = len(message.rows)
+            rows = len(message)
             key = self.key_of(message.seq, message.total, message.t0, timestamp_ms, message.replay)
             if self.last_closed is not None and key <= self.last_closed:
                 raise PoisonMessage(f"late message: its window {key[2]} was already written")
-            pending = _Pending(partition, offset, message.seq, message.rows)
-            self._pending.setdefault(key, []).append(pending)
+            self._pending.setdefault(key, []).append(_Pending(partition, offset, message))
         self._frontier[partition] = max(key, self._frontier.get(partition, key))
         return rows
 
@@ -111,7 +136,7 @@ class WindowBuilder:
         key = min(self._pending)
         if any(self._frontier[p] <= key for p in self.partitions):
             return None
-        messages = sorted(self._pending.pop(key), key=lambda m: m.seq)
+        messages = sorted(self._pending.pop(key), key=lambda m: m.invoice.seq)
         offsets = {}
         for partition in self.partitions:
             start = self.positions[partition]
@@ -119,15 +144,7 @@ class WindowBuilder:
             self.positions[partition] = max(ends, default=start)
             offsets[partition] = [start, self.positions[partition]]
         self.last_closed = key
-        return ClosedWindow(key, [row for m in messages for row in m.rows], offsets)
-
-
-def window_frame(rows: list[list]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"], format="ISO8601")
-    frame["Quantity"] = frame["Quantity"].astype("int64")
-    frame["UnitPrice"] = frame["UnitPrice"].astype("float64")
-    return frame
+        return ClosedWindow(key, [m.invoice for m in messages], offsets)
 
 
 class DeadLetters:
@@ -253,11 +270,15 @@ def consume(
     bar = tqdm(unit="rows", disable=not progress, desc="consume")
     try:
         while not done():
-            batch = consumer.poll(timeout_ms=500)
-            if rebalance.assigned is not None:
-                # Drop what this poll fetched: it is read again from the positions set now.
-                assigned, rebalance.assigned = rebalance.assigned, None
-                resume(assigned)
+            try:
+                batch = consumer.poll(timeout_ms=500)
+                if rebalance.assigned is not None:
+                    # Drop what this poll fetched: it is read again from the positions set now.
+                    resume(rebalance.assigned)
+                    rebalance.assigned = None
+                    continue
+            except KafkaError as error:
+                _wait_for_broker(error)
                 continue
             for tp, records in batch.items():
                 for record in records:
@@ -271,12 +292,7 @@ def consume(
                         bar.update(rows)
             while not done() and (closed := builder.pop_closed()):
                 manifest = _write(closed, next_window, topic, output_dir, dead)
-                consumer.commit(
-                    {
-                        TopicPartition(topic, p): OffsetAndMetadata(end, manifest.parquet_name, -1)
-                        for p, (_, end) in manifest.offsets.items()
-                    }
-                )
+                _commit(consumer, manifest)
                 last = manifest
                 written.append(manifest)
                 next_window += 1
@@ -293,7 +309,7 @@ def consume(
 def _write(
     closed: ClosedWindow, number: int, topic: str, output_dir: Path, dead: DeadLetters
 ) -> Manifest:
-    frame = window_frame(closed.rows)
+    frame = closed.frame()
     t0, replay, local = closed.key
     dates = frame["InvoiceDate"]
     manifest = Manifest(
@@ -310,6 +326,31 @@ def _write(
     )
     dead.sync()
     return write_window(frame, output_dir, manifest)
+
+
+def _commit(consumer: KafkaConsumer, manifest: Manifest) -> None:
+    """Commit the group's offsets to the manifest's. Best effort: the manifest is already
+    durable and is what a restart resumes from, so a failed commit loses nothing."""
+    offsets = {
+        TopicPartition(manifest.topic, p): OffsetAndMetadata(end, manifest.parquet_name, -1)
+        for p, (_, end) in manifest.offsets.items()
+    }
+    try:
+        consumer.commit(offsets)
+    except KafkaError as error:
+        print(
+            f"offset commit for window-{manifest.window} failed ({error}); the manifest "
+            "holds the offsets and the next commit catches up",
+            file=sys.stderr,
+        )
+
+
+def _wait_for_broker(error: KafkaError) -> None:
+    """Ride out a broker outage: retriable errors wait a second and try again."""
+    if not error.retriable:
+        raise error
+    print(f"broker unavailable ({error}); retrying", file=sys.stderr)
+    time.sleep(1)
 
 
 def _key_of_manifest(manifest: Manifest) -> WindowKey:

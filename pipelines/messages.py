@@ -1,15 +1,17 @@
 """The Kafka message layout (schema version 1) shared by the producer and the consumer.
 
-One message is one invoice: all its lines, in file order. An invoice is the natural unit of a retail
-transaction and never straddles two windows, and ~21 lines per message keep per-message overhead
-low enough for 100,000 rows/s. The key is the InvoiceNo, so an invoice's messages keep their order
-within a partition.
+One message is one invoice: its header once, then its lines in file order. An invoice is the
+natural unit of a retail transaction and never straddles two windows, and sending the header once
+instead of on each of ~21 lines halves the bytes to encode, ship and decode. The key is the
+InvoiceNo, so an invoice's messages keep their order within a partition. Should a file repeat an
+InvoiceNo with another date, customer or country, those lines simply travel in a message of their
+own: every input row comes out of the stream exactly as it went in.
 
 Value, JSON:
-    {"v": 1, "type": "rows", "replay": "<id>", "seq": <index of the first line in the replay>,
+    {"v": 1, "type": "invoice", "replay": "<id>", "seq": <index of the first line in the replay>,
      "total": <lines in the replay>, "t0": <replay start, epoch ms>,
-     "rows": [[InvoiceNo, StockCode, Description, Quantity, "YYYY-MM-DD HH:MM:SS",
-               UnitPrice, CustomerID or null, Country], ...]}
+     "invoice": [InvoiceNo, "YYYY-MM-DD HH:MM:SS", CustomerID or null, Country],
+     "lines": [[StockCode, Description or null, Quantity, UnitPrice], ...]}
 When a replay ends, the producer sends
     {"v": 1, "type": "end", "replay": ..., "total": ..., "t0": ...}
 to every partition, so the consumer knows that no partition holds more of that replay. Replays are
@@ -24,7 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pipelines.schema import COLUMNS, MESSAGE_SCHEMA_VERSION
+from pipelines.schema import MESSAGE_SCHEMA_VERSION
+
+HEADER_FIELDS = ("InvoiceNo", "InvoiceDate", "CustomerID", "Country")
+LINE_FIELDS = ("StockCode", "Description", "Quantity", "UnitPrice")
 
 
 class PoisonMessage(ValueError):
@@ -32,12 +37,18 @@ class PoisonMessage(ValueError):
 
 
 @dataclass(frozen=True)
-class Rows:
+class Invoice:
     replay: str
     seq: int
     total: int
     t0: int
-    rows: list[list[Any]]
+    header: tuple[Any, ...]  # HEADER_FIELDS
+    # One tuple per LINE_FIELDS column. Tuples of plain values are left alone by Python's cyclic
+    # garbage collector, which would otherwise rescan every buffered line again and again.
+    columns: tuple[tuple[Any, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
 
 
 @dataclass(frozen=True)
@@ -47,9 +58,11 @@ class EndOfReplay:
     t0: int
 
 
-def encode_rows(replay: str, seq: int, total: int, t0: int, rows: list[Any]) -> bytes:
-    body = {"v": MESSAGE_SCHEMA_VERSION, "type": "rows", "replay": replay, "seq": seq}
-    body.update(total=total, t0=t0, rows=rows)
+def encode_invoice(
+    replay: str, seq: int, total: int, t0: int, header: list[Any], lines: list[Any]
+) -> bytes:
+    body = {"v": MESSAGE_SCHEMA_VERSION, "type": "invoice", "replay": replay, "seq": seq}
+    body.update(total=total, t0=t0, invoice=header, lines=lines)
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -58,7 +71,7 @@ def encode_end(replay: str, total: int, t0: int) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode(value: bytes | None) -> Rows | EndOfReplay:
+def decode(value: bytes | None) -> Invoice | EndOfReplay:
     """Parse and validate one message value, or raise PoisonMessage naming what is wrong."""
     if value is None:
         raise PoisonMessage("empty message (null value)")
@@ -75,16 +88,17 @@ def decode(value: bytes | None) -> Rows | EndOfReplay:
     kind = body.get("type")
     if kind == "end":
         return EndOfReplay(replay, total, t0)
-    if kind != "rows":
+    if kind != "invoice":
         raise PoisonMessage(f"unknown message type {kind!r}")
     seq = _field(body, "seq", int)
-    rows = body.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise PoisonMessage("'rows' must be a non-empty list")
-    dates: dict[str, None] = {}
-    for number, row in enumerate(rows):
-        _check_row(row, number, dates)
-    return Rows(replay, seq, total, t0, rows)
+    header, lines = body.get("invoice"), body.get("lines")
+    _check_header(header)
+    if not isinstance(lines, list) or not lines:
+        raise PoisonMessage("'lines' must be a non-empty list")
+    columns = _valid_columns(lines)
+    if columns is None:
+        _raise_for_first_bad_line(lines)
+    return Invoice(replay, seq, total, t0, tuple(header), columns)
 
 
 def _field(body: dict[str, Any], name: str, kind: type) -> Any:
@@ -94,23 +108,50 @@ def _field(body: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def _check_row(row: Any, number: int, dates: dict[str, None]) -> None:
-    if not isinstance(row, list) or len(row) != len(COLUMNS):
-        raise PoisonMessage(f"row {number}: expected a list of {len(COLUMNS)} fields")
-    invoice, stock, description, quantity, date, price, customer, country = row
-    for name, value in (("InvoiceNo", invoice), ("StockCode", stock), ("Country", country)):
+def _check_header(header: Any) -> None:
+    if not isinstance(header, list) or len(header) != len(HEADER_FIELDS):
+        raise PoisonMessage(f"'invoice' must be a list of {', '.join(HEADER_FIELDS)}")
+    invoice, date, customer, country = header
+    for name, value in (("InvoiceNo", invoice), ("Country", country)):
         if not isinstance(value, str) or not value:
-            raise PoisonMessage(f"row {number}: {name} {value!r} is not a non-empty string")
-    for name, value in (("Description", description), ("CustomerID", customer)):
-        if value is not None and not isinstance(value, str):
-            raise PoisonMessage(f"row {number}: {name} {value!r} is not a string or null")
-    if type(quantity) is not int:
-        raise PoisonMessage(f"row {number}: Quantity {quantity!r} is not an integer")
-    if type(price) not in (int, float) or not math.isfinite(price):
-        raise PoisonMessage(f"row {number}: UnitPrice {price!r} is not a finite number")
-    if date not in dates:
-        try:
-            datetime.fromisoformat(date)
-        except (TypeError, ValueError):
-            raise PoisonMessage(f"row {number}: InvoiceDate {date!r} is not a date") from None
-        dates[date] = None
+            raise PoisonMessage(f"{name} {value!r} is not a non-empty string")
+    if customer is not None and not isinstance(customer, str):
+        raise PoisonMessage(f"CustomerID {customer!r} is not a string or null")
+    try:
+        datetime.fromisoformat(date)
+    except (TypeError, ValueError):
+        raise PoisonMessage(f"InvoiceDate {date!r} is not a date") from None
+
+
+def _valid_columns(lines: list[Any]) -> tuple[tuple[Any, ...], ...] | None:
+    """The fast path: the lines as columns if every field is valid, else None. Whole-column
+    checks run as C loops (map, set, all): no Python code per line."""
+    if set(map(type, lines)) != {list} or set(map(len, lines)) != {len(LINE_FIELDS)}:
+        return None
+    columns = tuple(zip(*lines, strict=True))
+    stock, description, quantity, price = columns
+    valid = (
+        set(map(type, stock)) == {str}
+        and all(stock)
+        and set(map(type, description)) <= {str, type(None)}
+        and set(map(type, quantity)) == {int}
+        and set(map(type, price)) <= {int, float}
+        and all(map(math.isfinite, price))
+    )
+    return columns if valid else None
+
+
+def _raise_for_first_bad_line(lines: list[Any]) -> None:
+    """The slow path, taken only for a bad message: name the line and the field."""
+    for number, line in enumerate(lines):
+        if not isinstance(line, list) or len(line) != len(LINE_FIELDS):
+            raise PoisonMessage(f"line {number}: expected a list of {', '.join(LINE_FIELDS)}")
+        stock, description, quantity, price = line
+        if not isinstance(stock, str) or not stock:
+            raise PoisonMessage(f"line {number}: StockCode {stock!r} is not a non-empty string")
+        if description is not None and not isinstance(description, str):
+            raise PoisonMessage(f"line {number}: Description {description!r} is not a string")
+        if type(quantity) is not int:
+            raise PoisonMessage(f"line {number}: Quantity {quantity!r} is not an integer")
+        if type(price) not in (int, float) or not math.isfinite(price):
+            raise PoisonMessage(f"line {number}: UnitPrice {price!r} is not a finite number")

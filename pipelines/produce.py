@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipelines.config import Settings
 from pipelines.load import load_transactions
-from pipelines.messages import encode_end, encode_rows
+from pipelines.messages import HEADER_FIELDS, encode_end, encode_invoice
 
 PRODUCER_CONFIG = {
     "acks": "all",
@@ -70,29 +70,36 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
         admin.close()
 
 
-def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[str, int, list[tuple]]]:
-    """Yield (InvoiceNo, index of its first row, its rows) for each run of one invoice's lines."""
-    rows = list(
+def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[int, list, list[tuple]]]:
+    """Yield (index of the first row, header, lines) for each run of rows sharing one invoice
+    header (InvoiceNo, InvoiceDate, CustomerID, Country)."""
+    header_columns = [frame[name] for name in HEADER_FIELDS]
+    codes = np.stack([pd.factorize(column)[0] for column in header_columns])
+    starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
+    invoices, dates, customers, countries = (c.iloc[starts] for c in header_columns)
+    headers = zip(
+        invoices.astype(str).tolist(),
+        np.datetime_as_string(dates.to_numpy("datetime64[s]")).tolist(),
+        _text_or_none(customers),
+        countries.astype(str).tolist(),
+        strict=True,
+    )
+    lines = list(
         zip(
-            frame["InvoiceNo"].astype(str).tolist(),
             frame["StockCode"].astype(str).tolist(),
             _text_or_none(frame["Description"]),
             frame["Quantity"].astype("int64").tolist(),
-            frame["InvoiceDate"].dt.strftime("%Y-%m-%d %H:%M:%S").tolist(),
             frame["UnitPrice"].astype("float64").tolist(),
-            _text_or_none(frame["CustomerID"]),
-            frame["Country"].astype(str).tolist(),
             strict=True,
         )
     )
-    invoices = frame["InvoiceNo"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, invoices[1:] != invoices[:-1]]).tolist()
-    for start, end in zip(starts, [*starts[1:], len(rows)], strict=True):
-        yield rows[start][0], start, rows[start:end]
+    bounds = [*starts.tolist(), len(frame)]
+    for start, end, header in zip(bounds, bounds[1:], headers, strict=False):
+        yield start, list(header), lines[start:end]
 
 
 def _text_or_none(column: pd.Series) -> list[str | None]:
-    return [None if pd.isna(v) else str(v) for v in column.tolist()]
+    return column.astype(object).where(column.notna(), None).tolist()
 
 
 def replay(
@@ -124,14 +131,14 @@ def replay(
     started = time.perf_counter()
     t0 = int(time.time() * 1000)
     with tqdm(total=total, unit="rows", disable=not progress, desc="produce") as bar:
-        for invoice, seq, rows in invoice_messages(frame):
-            value = encode_rows(replay_id, seq, total, t0, rows)
-            future = producer.send(settings.kafka_topic, key=invoice.encode(), value=value)
+        for seq, header, lines in invoice_messages(frame):
+            value = encode_invoice(replay_id, seq, total, t0, header, lines)
+            future = producer.send(settings.kafka_topic, key=header[0].encode(), value=value)
             future.add_errback(errors.append)
             messages += 1
-            sent_rows += len(rows)
+            sent_rows += len(lines)
             sent_bytes += len(value)
-            bar.update(len(rows))
+            bar.update(len(lines))
             if rate > 0:
                 ahead = sent_rows / rate - (time.perf_counter() - started)
                 if ahead > 0:

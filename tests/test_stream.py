@@ -182,17 +182,18 @@ def test_broker_restarted_mid_stream_loses_and_duplicates_nothing(
     _assert_windows_hold_exactly(tmp_path / "windows", input_digest, ROWS)
 
 
+HEADER = (
+    b'"replay": "x", "seq": 0, "total": 1, "t0": 0, "invoice": ["1", "2010-12-01 08:26:00", null'
+)
 POISON = [
     b"not json at all",
     b"[1, 2, 3]",
-    b'{"v": 99, "type": "rows"}',
-    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, "rows": []}',
-    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
-    b'"rows": [["1", "A", null, "many", "2010-12-01 08:26:00", 1.0, null, "UK"]]}',
-    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
-    b'"rows": [["1", "A", null, 3, "2010-12-01 08:26:00", NaN, null, "UK"]]}',
-    b'{"v": 1, "type": "rows", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
-    b'"rows": [["1", "A", null, 3, "yesterday", 1.0, null, "UK"]]}',
+    b'{"v": 99, "type": "invoice"}',
+    b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": []}',
+    b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": [["A", null, "many", 1.0]]}',
+    b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": [["A", null, 3, NaN]]}',
+    b'{"v": 1, "type": "invoice", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
+    b'"invoice": ["1", "yesterday", null, "UK"], "lines": [["A", null, 3, 1.0]]}',
     b"\xff\xfe\x00binary",
     None,
 ]

@@ -10,13 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.consume import WindowBuilder
-from pipelines.messages import PoisonMessage, encode_end, encode_rows
+from pipelines.messages import PoisonMessage, encode_end, encode_invoice
 
 T0 = 1_700_000_000_000
 
 
-def _row(invoice: str, quantity: int) -> list:
-    return [invoice, "85123A", "HEART", quantity, "2010-12-01 08:26:00", 2.55, "17850", "UK"]
+def _invoice(number: str, lines: int, replay: str = "r1", seq: int = 0, total: int = 9) -> bytes:
+    header = [number, "2010-12-01 08:26:00", "17850", "United Kingdom"]
+    body = [["85123A", "HEART", quantity, 2.55] for quantity in range(1, lines + 1)]
+    return encode_invoice(replay, seq, total, T0, header, body)
 
 
 def _stream(invoices: int, partitions: int, replay: str = "r1", t0: int = T0):
@@ -25,11 +27,12 @@ def _stream(invoices: int, partitions: int, replay: str = "r1", t0: int = T0):
     seq = 0
     total = sum(1 + i % 3 for i in range(invoices))
     for i in range(invoices):
-        rows = [_row(f"{536000 + i}", q) for q in range(1, 2 + i % 3)]
+        lines = 1 + i % 3
         partition = hash(str(i)) % partitions
         log = logs[partition]
-        log.append((len(log), t0 + seq, encode_rows(replay, seq, total, t0, rows)))
-        seq += len(rows)
+        value = _invoice(f"{536000 + i}", lines, replay, seq, total)
+        log.append((len(log), t0 + seq, value))
+        seq += lines
     for log in logs.values():
         log.append((len(log), t0 + seq, encode_end(replay, total, t0)))
     return logs, total
@@ -61,9 +64,8 @@ def test_three_windows_hold_every_row_once_in_file_order():
     logs, total = _stream(invoices=90, partitions=3)
     windows = _run(logs, _round_robin(logs))
     assert len(windows) == 3
-    rows = [row for w in windows for row in w.rows]
-    assert len(rows) == total
-    invoices = [row[0] for row in rows]
+    assert sum(map(len, windows)) == total
+    invoices = [i for w in windows for i in w.frame()["InvoiceNo"]]
     assert invoices == sorted(invoices)  # file order, across partitions
     # Offsets tile each partition from 0 to just past its last data message.
     for partition, log in logs.items():
@@ -106,19 +108,19 @@ def test_window_rows_sets_the_size():
     logs, total = _stream(invoices=60, partitions=3)
     windows = _run(logs, _round_robin(logs), window_rows=20)
     assert len(windows) == -(-total // 20)
-    assert all(len(w.rows) <= 20 + 2 for w in windows)
+    assert all(len(w) <= 20 + 2 for w in windows)
 
 
 def test_poison_and_late_messages_are_refused_with_a_reason():
     builder = WindowBuilder([0], {0: 0}, last_closed=(T0, "r1", 1))
     with pytest.raises(PoisonMessage, match="not JSON"):
         builder.add(0, 0, T0, b"{not json")
-    with pytest.raises(PoisonMessage, match="Quantity"):
-        builder.add(
-            0, 1, T0, encode_rows("r1", 0, 9, T0, [_row("1", 1)[:3] + ["x"] + _row("1", 1)[4:]])
-        )
+    header = ["1", "2010-12-01 08:26:00", None, "UK"]
+    with pytest.raises(PoisonMessage, match="line 1: Quantity 'x'"):
+        lines = [["A", None, 1, 1.0], ["A", None, "x", 1.0]]
+        builder.add(0, 1, T0, encode_invoice("r1", 0, 9, T0, header, lines))
     with pytest.raises(PoisonMessage, match="late message"):
-        builder.add(0, 2, T0, encode_rows("r1", 0, 9, T0, [_row("1", 1)]))
+        builder.add(0, 2, T0, _invoice("1", 1))
 
 
 def test_time_windows_follow_record_timestamps():
@@ -126,8 +128,8 @@ def test_time_windows_follow_record_timestamps():
     builder = WindowBuilder(partitions, {0: 0, 1: 0}, window_seconds=10)
     for offset, seconds in enumerate([0, 5, 12, 25]):
         for p in partitions:
-            value = encode_rows("r1", offset * 2 + p, 100, T0, [_row(f"{offset}{p}", 1)])
+            value = _invoice(f"{offset}{p}", 1, seq=offset * 2 + p, total=100)
             builder.add(p, offset, T0 + seconds * 1000, value)
     closed = [builder.pop_closed(), builder.pop_closed(), builder.pop_closed()]
-    assert [len(w.rows) for w in closed[:2]] == [4, 2]
+    assert [len(w) for w in closed[:2]] == [4, 2]
     assert closed[2] is None  # the window of second 25 has not been passed yet
