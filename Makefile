@@ -2,9 +2,11 @@
 PYTHON  ?= python3.11
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
+# `mlflow models serve` and `mlflow run` exec tools (uvicorn, python) from PATH: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install kafka-up kafka-down test lint
+.PHONY: install kafka-up kafka-down generate produce consume train pipeline serve ui test lint \
+        bench-stream bench-train bench-serve
 
 install: $(VENV)/.installed
 
@@ -20,9 +22,41 @@ kafka-up: install
 kafka-down:
 	$(PY) -m infra.kafka_broker down
 
+generate: install
+	$(PY) -m pipelines.generate
+
+produce: install
+	$(PY) -m pipelines.produce
+
+consume: install
+	$(PY) -m pipelines.consume
+
+train: install
+	$(PY) -m pipelines.train
+
+# The whole path through MLflow Projects: generate if missing -> produce -> consume -> train.
+pipeline: install
+	$(VENV)/bin/mlflow run . -e main --env-manager local --experiment-name customer-segmentation
+
+serve: install
+	$(PY) -m serving
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+		--host 127.0.0.1 --port "$${MLFLOW_UI_PORT:-5001}"
+
 test: install
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+bench-stream: install
+	$(PY) -m bench.stream
+
+bench-train: install
+	$(PY) -m bench.train
+
+bench-serve: install
+	$(PY) -m bench.serve
