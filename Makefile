@@ -39,7 +39,7 @@ pipeline: install
 	$(VENV)/bin/mlflow run . -e main --env-manager local --experiment-name customer-segmentation
 
 serve: install
-	$(PY) -m serving
+	$(PY) -m serving $(SERVE_ARGS)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
@@ -59,4 +59,4 @@ bench-train: install
 	$(PY) -m bench.train
 
 bench-serve: install
-	$(PY) -m bench.serve
+	$(PY) -m bench.serve $(BENCH_ARGS)

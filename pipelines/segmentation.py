@@ -13,7 +13,8 @@ from pyspark.ml.feature import StandardScaler, VectorAssembler
 
 from pipelines.schema import FEATURES
 
-PREDICTION_COL = "cluster"
+# MLflow's pyfunc flavour (and so `mlflow models serve`) reads the Spark column "prediction".
+PREDICTION_COL = "prediction"
 
 
 def build_pipeline(

@@ -1,0 +1,104 @@
+"""The prediction endpoints (`POST /predict_cluster_<alias>`) and `GET /models`.
+
+The single-record path is the hot one: validate the raw bytes, read the alias's slot once, run the
+pure-Python nearest-center search, write a tiny JSON body. Batches go through numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import chain
+from operator import itemgetter
+
+import numpy as np
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+
+from serving import metrics
+from serving.registry import ModelRegistry
+from serving.schemas import BadRequest, CustomerRecord, parse_body
+from serving.settings import ServingSettings
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype="application/json")
+
+
+def _registry() -> ModelRegistry:
+    return current_app.extensions["serving.registry"]
+
+
+def _read_body(limit: int) -> bytes:
+    """The raw body; 413 beyond `limit` bytes, also when it comes chunked (Werkzeug's stream
+    then stops quietly at the limit, so the rest would be cut off rather than refused)."""
+    if request.content_length is not None:  # Werkzeug has compared it with the limit already
+        return request.get_data(cache=False)
+    if not request.environ.get("wsgi.input_terminated"):  # no length, no framing: no body
+        return b""
+    body = request.environ["wsgi.input"].read(limit + 1)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
+
+
+def _matrix(records: list[CustomerRecord], columns: tuple[str, ...]) -> np.ndarray:
+    """Records as an (n, len(columns)) float64 array in the model's column order."""
+    values = map(itemgetter(*columns), records)  # itemgetter and fromiter: no Python loop
+    if len(columns) > 1:
+        values = chain.from_iterable(values)
+    flat = np.fromiter(values, np.float64, count=len(records) * len(columns))
+    return flat.reshape(len(records), len(columns))
+
+
+def predict(alias: str) -> Response:
+    """Assign a cluster to one record (`{"cluster": n}`) or to a list (`{"clusters": [...]}`)."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.mimetype or 'none'}"
+        )
+    settings: ServingSettings = current_app.extensions["serving.settings"]
+    try:
+        body = parse_body(_read_body(settings.max_body_bytes), settings.max_batch)
+    except BadRequest as exc:
+        return json_response({"error": str(exc)}, 400)
+
+    slot = _registry().slot(alias)  # read once: a swap during this request does not affect it
+    if slot.model is None:
+        return json_response({"error": f"model {alias} is not available: {slot.error}"}, 503)
+    model = slot.model.model
+    columns = model.input_cols
+    if isinstance(body, dict):
+        metrics.ROWS.labels(alias).inc()
+        response = json_response({"cluster": model.predict_one([body[c] for c in columns])})
+    else:
+        rows = _matrix(body, columns)
+        metrics.ROWS.labels(alias).inc(len(rows))
+        response = json_response({"clusters": model.predict(rows).tolist()})
+    response.headers["X-Model-Version"] = str(slot.model.version)
+    return response
+
+
+def models() -> Response:
+    """Per alias: the version served and its training facts, or why none is."""
+    registry = _registry()
+    out = {}
+    for alias in registry.aliases:
+        slot = registry.slot(alias)
+        info = slot.model.describe() if slot.model else {"version": None}
+        out[alias] = info | {"error": slot.error}
+    return json_response({"model_name": registry.model_name, "aliases": out})
+
+
+def create_blueprint(aliases: tuple[str, ...]) -> Blueprint:
+    """One fixed route per configured alias: any other path is a plain 404."""
+    bp = Blueprint("api", __name__)
+    for alias in aliases:
+        bp.add_url_rule(
+            f"/predict_cluster_{alias}",
+            endpoint=f"predict_{alias}",
+            view_func=predict,
+            methods=["POST"],
+            defaults={"alias": alias},
+        )
+    bp.add_url_rule("/models", view_func=models, methods=["GET"])
+    return bp

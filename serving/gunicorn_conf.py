@@ -1,0 +1,68 @@
+"""Gunicorn configuration, read from the SERVING_* environment (see serving.settings).
+
+`python -m serving` loads it; it also works on its own:
+`gunicorn -c python:serving.gunicorn_conf 'serving.app:create_app()'`.
+
+- `gthread` workers keep HTTP connections alive (the sync worker closes every one), and a worker's
+  threads let slow clients not block each other. Use about one worker per core.
+- Each worker loads the models and runs its own registry poller: after an alias moves, workers
+  switch within one poll interval of each other (`POST /admin/reload` reaches only one of them).
+- pyspark stays out of the master and so of the workers (see serving.keep_pyspark_out).
+- Metrics: every worker writes its counters to PROMETHEUS_MULTIPROC_DIR (a fresh temporary
+  directory unless set), and `/metrics` on any worker reports the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from serving import keep_pyspark_out
+from serving.settings import ServingSettings
+
+keep_pyspark_out()
+
+
+def _multiprocess_dir() -> tuple[Path, bool]:
+    """The metrics directory, emptied as prometheus_client requires; True if we made it."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
+    # Must be set before prometheus_client is first imported, in this process and the workers.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path, True
+
+
+_settings = ServingSettings.from_env()
+_metrics_dir, _own_metrics_dir = _multiprocess_dir()
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+threads = _settings.threads
+worker_class = "gthread"
+keepalive = 5
+timeout = 30
+graceful_timeout = 10
+# serving.app writes one access line per request (with its latency) to its own log.
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+proc_name = "customer-segmentation-serving"
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

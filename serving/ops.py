@@ -1,0 +1,71 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, reload."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, Response, current_app, request
+
+from serving import metrics
+from serving.api import json_response
+from serving.openapi import document
+from serving.registry import ModelRegistry
+from serving.settings import ServingSettings
+
+bp = Blueprint("ops", __name__)
+
+
+def _registry() -> ModelRegistry:
+    return current_app.extensions["serving.registry"]
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Alive: the process answers. Says nothing about models (that is /ready)."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    """200 once every alias has a model loaded; 503 with the reasons otherwise."""
+    registry = _registry()
+    slots = {alias: registry.slot(alias) for alias in registry.aliases}
+    body = {
+        alias: {"version": s.model.version if s.model else None, "error": s.error}
+        for alias, s in slots.items()
+    }
+    missing = [f"{a}: {s.error}" for a, s in slots.items() if s.model is None]
+    if missing:
+        return json_response({"ready": False, "error": "; ".join(missing), "models": body}, 503)
+    return json_response({"ready": True, "models": body})
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    payload, content_type = metrics.render()
+    return Response(payload, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    settings: ServingSettings = current_app.extensions["serving.settings"]
+    return json_response(document(settings))
+
+
+@bp.post("/admin/reload")
+def reload() -> Response:
+    """Re-resolve every alias now (this worker; the others on their next poll)."""
+    token = current_app.extensions["serving.settings"].admin_token
+    if token is not None:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            response = json_response({"error": "a valid bearer token is required"}, 401)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+    slots = _registry().refresh()
+    return json_response(
+        {
+            alias: {"version": s.model.version if s.model else None, "error": s.error}
+            for alias, s in slots.items()
+        }
+    )

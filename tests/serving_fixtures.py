@@ -1,0 +1,224 @@
+"""Registered models for the serving tests and the benchmark, made the way training makes them.
+
+Until the suites switch to `pipelines.train.train_windows`, this fits `build_pipeline(k)` on
+synthetic, heavy-tailed customer features and registers each fit as a new version of the model,
+with the run parameters, metric and tag that `GET /models` reports (`k`, `silhouette`, `window`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import requests
+from mlflow import MlflowClient
+from pyspark.ml import PipelineModel
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.config import PROJECT_ROOT
+from pipelines.schema import FEATURES
+from pipelines.segmentation import PREDICTION_COL, build_pipeline
+
+MODEL_NAME = "customer-segmentation"
+
+# Without explicit requirements, each log_model infers them in a subprocess (~17 s).
+PIP_REQUIREMENTS = ["pyspark>=4.0,<5", "mlflow>=3.17,<4"]
+
+
+def local_spark() -> SparkSession:
+    """A small local session: 2 cores, no UI, few shuffle partitions."""
+    return (
+        SparkSession.builder.master("local[2]")
+        .appName("serving-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+
+
+def synthetic_features(n: int, seed: int = 0) -> np.ndarray:
+    """Customer-like rows: log-normal quantity and spend, a few invoices, some returns."""
+    rng = np.random.default_rng(seed)
+    invoices = rng.geometric(0.3, n).astype(np.float64)
+    quantity = np.round(rng.lognormal(4.0, 1.2, n) * invoices)
+    amount = np.round(quantity * rng.lognormal(1.0, 0.6, n), 2)
+    returns = rng.random(n) < 0.03
+    quantity[returns] *= -1
+    amount[returns] *= -1
+    return np.column_stack([quantity, amount, invoices])
+
+
+def features_frame(spark: SparkSession, rows: np.ndarray) -> DataFrame:
+    """A DataFrame with the FEATURES columns (NumInvoices as a long, as training has it)."""
+    data = [(float(q), float(a), int(i)) for q, a, i in rows.tolist()]
+    return spark.createDataFrame(data, schema=list(FEATURES))
+
+
+def fit(spark: SparkSession, k: int, seed: int, n: int = 2000, **kwargs) -> PipelineModel:
+    return build_pipeline(k, seed=seed, **kwargs).fit(
+        features_frame(spark, synthetic_features(n, seed))
+    )
+
+
+def register(
+    spark: SparkSession,
+    model: PipelineModel,
+    *,
+    model_name: str,
+    alias: str,
+    window: int,
+    k: int,
+    seed: int = 0,
+) -> str:
+    """Log `model` in a run like training does, register it as a new version, point `alias` at it.
+
+    Returns the new version number. The tracking URI must already be set.
+    """
+    frame = model.transform(features_frame(spark, synthetic_features(500, seed)))
+    silhouette = ClusteringEvaluator(featuresCol="features", predictionCol=PREDICTION_COL).evaluate(
+        frame
+    )
+    _use_experiment(model_name)
+    with mlflow.start_run(run_name=f"window-{window}") as run:
+        mlflow.log_params({"k": k, "window": window})
+        mlflow.log_metric("silhouette", silhouette)
+        mlflow.set_tag("window", str(window))
+        info = mlflow.spark.log_model(
+            model, "model", registered_model_name=model_name, pip_requirements=PIP_REQUIREMENTS
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, alias, version)
+    assert client.get_model_version(model_name, version).run_id == run.info.run_id
+    return version
+
+
+def register_three(spark: SparkSession, model_name: str, ks: tuple[int, ...] = (3, 4, 5)) -> None:
+    """Versions 1..3 with aliases model1..3, as a fresh training over three windows leaves them."""
+    for window, k in enumerate(ks, start=1):
+        register(
+            spark,
+            fit(spark, k, seed=window),
+            model_name=model_name,
+            alias=f"model{window}",
+            window=window,
+            k=k,
+            seed=window,
+        )
+
+
+@functools.cache
+def shared_store(base: Path) -> str:
+    """A store under `base` with versions 1..3 and aliases model1..3; built once per test run.
+
+    Returns its tracking URI. Test modules call this from their own fixtures (with
+    `tmp_path_factory.getbasetemp()`), so the ~1 minute of Spark fitting and logging is paid once.
+    Tests must not change this store: the ones that move aliases make their own.
+    """
+    root = base / "serving-store"
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(root)
+    with tracking(uri):
+        register_three(local_spark(), MODEL_NAME)
+    return uri
+
+
+def tracking_uri(root: Path) -> str:
+    return f"sqlite:///{root}/mlflow.db"
+
+
+@contextlib.contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """Point MLflow at `uri` for the duration of the block."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _use_experiment(name: str) -> None:
+    """Select the experiment, creating it with artifacts beside a sqlite store's database.
+
+    (MLflow's default would be ./mlruns of whatever the working directory is.)
+    """
+    if mlflow.get_experiment_by_name(name) is None:
+        uri = mlflow.get_tracking_uri()
+        location = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
+        mlflow.create_experiment(name, artifact_location=location.as_uri())
+    mlflow.set_experiment(name)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, status: int = 200, timeout: float = 60.0) -> requests.Response:
+    """GET `url` until it answers `status`; fails with the last answer after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = requests.get(url, timeout=5)
+            if last.status_code == status:
+                return last
+        except requests.ConnectionError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {status} within {timeout}s; last: {last}")
+
+
+@contextlib.contextmanager
+def serving_process(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python -m serving` on a free port; yields its base URL and process, stops it after."""
+    port = free_port()
+    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), *args]
+    process = subprocess.Popen(
+        command, env=os.environ | env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", timeout=60)
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of every process below `pid`, read from /proc."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append((int(stat.parent.name), name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found

@@ -1,0 +1,251 @@
+"""The HTTP contract through Flask's test client: the seed's request, batches, the ops endpoints,
+and a 4xx naming the field and the problem for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from serving.app import create_app
+from serving.predictor import NearestCenter
+from serving.settings import ServingSettings
+from tests.serving_fixtures import free_port, shared_store
+
+pytestmark = pytest.mark.spark
+
+SEED = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
+SEED_PATH = "/predict_cluster_model1"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return shared_store(tmp_path_factory.getbasetemp())
+
+
+def make_app(tracking_uri: str, log_dir: Path, **overrides) -> Flask:
+    settings = ServingSettings(
+        tracking_uri=tracking_uri, log_file=log_dir / "serving.log", **overrides
+    )
+    app = create_app(settings, poll=False)
+    app.extensions["serving.registry"].refresh()
+    return app
+
+
+@pytest.fixture(scope="module")
+def app(store: str, tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    return make_app(store, tmp_path_factory.mktemp("logs"), max_batch=100)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def post(client: FlaskClient, body: bytes | str, path: str = SEED_PATH, **kwargs):
+    kwargs.setdefault("content_type", "application/json")
+    return client.post(path, data=body, **kwargs)
+
+
+def test_seed_request_gets_a_cluster(client: FlaskClient, app: Flask) -> None:
+    response = client.post(SEED_PATH, json=SEED)
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert list(body) == ["cluster"] and isinstance(body["cluster"], int)
+    model = app.extensions["serving.registry"].slot("model1").model
+    assert 0 <= body["cluster"] < model.model.k
+    assert response.headers["X-Model-Version"] == str(model.version)
+
+
+@pytest.mark.parametrize("alias", ["model1", "model2", "model3"])
+def test_each_alias_serves_its_own_version(client: FlaskClient, alias: str) -> None:
+    response = client.post(f"/predict_cluster_{alias}", json=SEED)
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == alias[-1]  # fresh store: version i = model i
+
+
+def test_batch_matches_single_requests(client: FlaskClient) -> None:
+    records = [
+        {"TotalQuantity": q, "TotalAmount": a, "NumInvoices": n}
+        for q, a, n in [(1, 10.0, 1), (100, 2000.0, 5), (5000, 90000.5, 40), (-3, -12.5, 0)]
+    ]
+    response = client.post("/predict_cluster_model3", json=records)
+    assert response.status_code == 200
+    singles = [client.post("/predict_cluster_model3", json=r).json["cluster"] for r in records]
+    assert response.get_json() == {"clusters": singles}
+
+
+def test_whole_float_invoice_count_is_accepted(client: FlaskClient) -> None:
+    as_int = client.post(SEED_PATH, json=SEED).get_json()
+    as_float = client.post(SEED_PATH, json=SEED | {"NumInvoices": 5.0}).get_json()
+    assert as_int == as_float
+
+
+def test_models_reports_version_run_window_k_silhouette_centers(client: FlaskClient) -> None:
+    body = client.get("/models").get_json()
+    assert body["model_name"] == "customer-segmentation"
+    for i, (alias, info) in enumerate(body["aliases"].items(), start=1):
+        assert alias == f"model{i}"
+        assert info["version"] == i and info["window"] == i and info["error"] is None
+        assert info["k"] == 2 + i  # the fixture trains k = 3, 4, 5
+        assert -1 <= info["silhouette"] <= 1
+        assert len(info["run_id"]) == 32
+        assert info["features"] == ["TotalQuantity", "TotalAmount", "NumInvoices"]
+        for space in ("scaled", "original_units"):
+            assert len(info["centers"][space]) == info["k"]
+            assert all(len(center) == 3 for center in info["centers"][space])
+
+
+def test_health_and_ready(client: FlaskClient) -> None:
+    assert client.get("/health").get_json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.get_json()["ready"] is True
+
+
+def test_metrics_count_requests_per_model_and_versions(client: FlaskClient) -> None:
+    client.post("/predict_cluster_model2", json=SEED)
+    text = client.get("/metrics").get_data(as_text=True)
+    counter = 'serving_requests_total{endpoint="/predict_cluster_model2",method="POST",status="200"'
+    assert counter in text
+    assert 'serving_request_duration_seconds_bucket{endpoint="/predict_cluster_model2"' in text
+    assert 'serving_model_version{alias="model3"} 3.0' in text
+    assert 'serving_model_loaded{alias="model1"} 1.0' in text
+
+
+def test_openapi_document(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"/predict_cluster_model1", "/models", "/ready"} <= set(doc["paths"])
+    record = doc["components"]["schemas"]["CustomerRecord"]
+    assert record["required"] == ["TotalQuantity", "TotalAmount", "NumInvoices"]
+    assert record["properties"]["NumInvoices"]["type"] == "integer"
+
+
+BAD_BODIES = [
+    # (body, expected status, words the error must contain)
+    ('{"TotalQuantity": 100, "TotalAmount": 2000.0', 400, ["malformed JSON"]),
+    ("", 400, ["empty body"]),
+    ("   ", 400, ["empty body"]),
+    ('{"TotalAmount": 2000.0, "NumInvoices": 5}', 400, ["TotalQuantity", "required"]),
+    ('{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 5, "Age": 3}', 400, ["Age", "unknown"]),
+    ('{"TotalQuantity": "100", "TotalAmount": 2000.0, "NumInvoices": 5}', 400, ["TotalQuantity"]),
+    ('{"TotalQuantity": true, "TotalAmount": 2000.0, "NumInvoices": 5}', 400, ["boolean"]),
+    ('{"TotalQuantity": null, "TotalAmount": 2000.0, "NumInvoices": 5}', 400, ["null"]),
+    ('{"TotalQuantity": [1], "TotalAmount": 2000.0, "NumInvoices": 5}', 400, ["array"]),
+    ('{"TotalQuantity": 1, "TotalAmount": {}, "NumInvoices": 5}', 400, ["TotalAmount", "object"]),
+    ('{"TotalQuantity": NaN, "TotalAmount": 2000.0, "NumInvoices": 5}', 400, ["finite"]),
+    ('{"TotalQuantity": 1, "TotalAmount": Infinity, "NumInvoices": 5}', 400, ["TotalAmount"]),
+    ('{"TotalQuantity": 1, "TotalAmount": -Infinity, "NumInvoices": 5}', 400, ["finite"]),
+    ('{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 5.5}', 400, ["NumInvoices", "whole"]),
+    ('{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": -1}', 400, ["NumInvoices", "greater"]),
+    ('{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": "5"}', 400, ["NumInvoices", "string"]),
+    ('{"TotalQuantity": 1e16, "TotalAmount": 2, "NumInvoices": 5}', 400, ["TotalQuantity", "less"]),
+    ('{"TotalQuantity": 1, "TotalAmount": 1e999, "NumInvoices": 5}', 400, ["TotalAmount"]),
+    ('{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 1e20}', 400, ["NumInvoices"]),
+    ("[]", 400, ["at least one"]),
+    ("[1, 2]", 400, ["[0]", "object"]),
+    ('[{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 3}, {}]', 400, ["[1].TotalQuantity"]),
+    ("42", 400, ["JSON object"]),
+    ("null", 400, ["JSON object"]),
+    ("\xff", 400, ["malformed JSON"]),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), BAD_BODIES)
+def test_bad_bodies_get_a_4xx_naming_the_problem(
+    client: FlaskClient, body: str, status: int, words: list[str]
+) -> None:
+    response = post(client, body)
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert all(word in error for word in words), error
+
+
+def test_batch_over_the_limit(client: FlaskClient) -> None:
+    response = client.post(SEED_PATH, json=[SEED] * 101)
+    assert response.status_code == 400
+    assert "at most 100" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(client: FlaskClient, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(SEED_PATH, data=json.dumps(SEED), headers=headers)
+    assert response.status_code == 415
+    assert "application/json" in response.get_json()["error"]
+
+
+def test_content_type_with_charset_is_fine(client: FlaskClient) -> None:
+    response = post(client, json.dumps(SEED), content_type="application/json; charset=utf-8")
+    assert response.status_code == 200
+
+
+def test_body_over_the_size_limit_is_413(client: FlaskClient) -> None:
+    response = post(client, b" " * (1024 * 1024 + 1))
+    assert response.status_code == 413
+    assert "1048576" in response.get_json()["error"]
+
+
+def test_unknown_path_and_method(client: FlaskClient) -> None:
+    missing = client.post("/predict_cluster_model4", json=SEED)
+    assert missing.status_code == 404
+    assert "/predict_cluster_model4" in missing.get_json()["error"]
+    wrong = client.get(SEED_PATH)
+    assert wrong.status_code == 405
+    assert "POST" in wrong.get_json()["error"] and "POST" in wrong.headers["Allow"]
+    assert client.delete("/models").status_code == 405
+
+
+def test_unexpected_failure_is_500_with_request_id_and_traceback_only_in_log(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(store, tmp_path)
+
+    def broken(self, point):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(NearestCenter, "predict_one", broken)
+    response = app.test_client().post(SEED_PATH, json=SEED, headers={"X-Request-ID": "req-42"})
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error", "request_id": "req-42"}
+    assert "secret" not in response.get_data(as_text=True)
+    log = (tmp_path / "serving.log").read_text()
+    assert "req-42" in log and "Traceback" in log and "RuntimeError: secret detail" in log
+
+
+def test_access_log_line_per_request_with_latency(store: str, tmp_path: Path) -> None:
+    client = make_app(store, tmp_path).test_client()
+    client.post(SEED_PATH, json=SEED, headers={"X-Request-ID": "abc"})
+    client.get("/nowhere")
+    lines = (tmp_path / "serving.log").read_text().splitlines()
+    access = [line for line in lines if "serving.access" in line]
+    assert any(f'"POST {SEED_PATH}" 200' in line and "ms id=abc" in line for line in access)
+    assert any('"GET /nowhere" 404' in line for line in access)
+
+
+def test_admin_reload_requires_the_token_when_set(store: str, tmp_path: Path) -> None:
+    client = make_app(store, tmp_path, admin_token="s3cret").test_client()
+    assert client.post("/admin/reload").status_code == 401
+    wrong = client.post("/admin/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+    ok = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert ok.get_json()["model2"] == {"version": 2, "error": None}
+
+
+def test_registry_unreachable_answers_503_with_the_reason(tmp_path: Path) -> None:
+    app = make_app(f"http://127.0.0.1:{free_port()}", tmp_path)
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert "model1" in ready.get_json()["error"] and "resolve" in ready.get_json()["error"]
+    response = client.post(SEED_PATH, json=SEED)
+    assert response.status_code == 503
+    assert "model1 is not available" in response.get_json()["error"]
+    # Validation still comes first: a bad body is the client's problem, whatever the registry.
+    assert post(client, "{").status_code == 400

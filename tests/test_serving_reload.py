@@ -1,0 +1,105 @@
+"""Hot reload under load: train a new version, move the alias, and the running server (gunicorn,
+2 workers) switches to it without a single failed request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.serving_fixtures import (
+    MODEL_NAME,
+    fit,
+    local_spark,
+    register,
+    serving_process,
+    tracking,
+    tracking_uri,
+    wait_for,
+)
+
+pytestmark = pytest.mark.spark
+
+SEED_JSON = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
+
+
+class Load:
+    """Client threads posting the seed request back to back, each on its own keep-alive session."""
+
+    def __init__(self, url: str, clients: int = 4) -> None:
+        self.url = url
+        self.results: list[tuple[int, str | None]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    response = session.post(self.url, json=SEED_JSON, timeout=10)
+                    self.results.append(
+                        (response.status_code, response.headers.get("X-Model-Version"))
+                    )
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def recent_versions(self, n: int) -> set[str | None]:
+        return {version for _, version in self.results[-n:]}
+
+
+def test_moved_alias_is_served_with_zero_failed_requests(tmp_path: Path) -> None:
+    uri = tracking_uri(tmp_path)
+    spark = local_spark()
+    with tracking(uri):
+        v1 = register(
+            spark, fit(spark, 3, seed=1), model_name=MODEL_NAME, alias="model1", window=1, k=3
+        )
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "SERVING_ALIASES": "model1",
+        "SERVING_POLL_INTERVAL": "0.5",
+        "SERVING_LOG_FILE": str(tmp_path / "serving.log"),
+    }
+    with serving_process(env, "--workers", "2", "--threads", "4") as (url, _):
+        wait_for(f"{url}/ready")
+        with Load(f"{url}/predict_cluster_model1") as load:
+            time.sleep(1)
+            assert load.recent_versions(20) == {v1}
+            with tracking(uri):  # a new training: new version, alias moved to it
+                v2 = register(
+                    spark,
+                    fit(spark, 6, seed=9),
+                    model_name=MODEL_NAME,
+                    alias="model1",
+                    window=1,
+                    k=6,
+                    seed=9,
+                )
+            deadline = time.monotonic() + 60
+            while load.recent_versions(200) != {v2} and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)
+
+        statuses = Counter(status for status, _ in load.results)
+        versions = Counter(version for _, version in load.results)
+        assert load.failures == []
+        assert statuses.keys() == {200}, statuses
+        assert versions.keys() == {v1, v2}, versions
+        assert load.recent_versions(200) == {v2}
+        metrics = requests.get(f"{url}/metrics").text
+        assert f'serving_model_version{{alias="model1"}} {float(v2)}' in metrics
