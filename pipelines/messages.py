@@ -20,11 +20,12 @@ ordered by t0: one replay is expected to finish before the next starts.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from pipelines.schema import MESSAGE_SCHEMA_VERSION
 
@@ -63,12 +64,12 @@ def encode_invoice(
 ) -> bytes:
     body = {"v": MESSAGE_SCHEMA_VERSION, "type": "invoice", "replay": replay, "seq": seq}
     body.update(total=total, t0=t0, invoice=header, lines=lines)
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return orjson.dumps(body)
 
 
 def encode_end(replay: str, total: int, t0: int) -> bytes:
     body = {"v": MESSAGE_SCHEMA_VERSION, "type": "end", "replay": replay, "total": total, "t0": t0}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def decode(value: bytes | None) -> Invoice | EndOfReplay:
@@ -76,8 +77,8 @@ def decode(value: bytes | None) -> Invoice | EndOfReplay:
     if value is None:
         raise PoisonMessage("empty message (null value)")
     try:
-        body = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        body = orjson.loads(value)  # strict JSON: NaN and Infinity are refused here
+    except orjson.JSONDecodeError as error:
         raise PoisonMessage(f"value is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise PoisonMessage(f"value is a JSON {type(body).__name__}, expected an object")

@@ -192,6 +192,7 @@ POISON = [
     b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": []}',
     b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": [["A", null, "many", 1.0]]}',
     b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": [["A", null, 3, NaN]]}',
+    b'{"v": 1, "type": "invoice", ' + HEADER + b', "UK"], "lines": [["A", null, 3, "1.0"]]}',
     b'{"v": 1, "type": "invoice", "replay": "x", "seq": 0, "total": 1, "t0": 0, '
     b'"invoice": ["1", "yesterday", null, "UK"], "lines": [["A", null, 3, 1.0]]}',
     b"\xff\xfe\x00binary",
