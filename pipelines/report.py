@@ -1,0 +1,182 @@
+"""The readable artifacts of a training run: cluster centers, profile, change since the last window.
+
+Centers are reported in original units (quantities, money, invoices) because that is what a person
+reading a segment needs; distances between models are measured in standard deviations of the
+current model's scaler, the space KMeans itself works in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from pyspark.ml import PipelineModel
+from scipy.optimize import linear_sum_assignment
+
+from pipelines.schema import FEATURES
+
+COMPARISON_COLUMNS = (
+    "measure",
+    "cluster",
+    "previous_cluster",
+    "previous",
+    "current",
+    "change",
+    "previous_model",
+)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the reports need from one trained model, in plain numbers."""
+
+    window: int
+    k: int
+    silhouette: float
+    centers: pd.DataFrame  # index: cluster; columns: FEATURES (original units) and "size"
+    scale: np.ndarray  # the scaler's std per feature
+
+    @classmethod
+    def of(cls, window: int, model: PipelineModel, silhouette: float) -> ModelProfile:
+        _, scaler, kmeans = model.stages
+        mean, std = scaler.mean.toArray(), scaler.std.toArray()
+        scaled = np.array(kmeans.clusterCenters())
+        centers = pd.DataFrame(mean + scaled * std, columns=list(FEATURES))
+        centers.index.name = "cluster"
+        centers["size"] = kmeans.summary.clusterSizes
+        return cls(window, kmeans.getK(), silhouette, centers, std)
+
+
+def write_centers(profile: ModelProfile, path: Path) -> None:
+    profile.centers.round(4).to_csv(path)
+
+
+def plot_profile(profile: ModelProfile, path: Path) -> None:
+    """One bar chart per feature (center in original units) and one of cluster sizes."""
+    columns = [*FEATURES, "size"]
+    figure = Figure(figsize=(4 * len(columns), 3.6))
+    axes = figure.subplots(1, len(columns))
+    clusters = profile.centers.index.to_numpy()
+    for axis, column in zip(axes, columns, strict=True):
+        axis.bar(clusters, profile.centers[column], color=f"C{columns.index(column)}")
+        axis.set_xticks(clusters)
+        axis.set_title("customers" if column == "size" else f"{column} (center)")
+        axis.set_xlabel("cluster")
+    figure.suptitle(f"window {profile.window}: k={profile.k}, silhouette={profile.silhouette:.3f}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def match_clusters(current: ModelProfile, previous: ModelProfile) -> list[tuple[int, int]]:
+    """Pair current with previous clusters so the total center distance is least.
+
+    Cluster ids are arbitrary per fit; only a matching says which cluster "moved" where. With
+    different k, the surplus clusters stay unpaired.
+    """
+    scale = np.where(current.scale > 0, current.scale, 1.0)
+    a = current.centers[list(FEATURES)].to_numpy() / scale
+    b = previous.centers[list(FEATURES)].to_numpy() / scale
+    cost = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
+
+
+def comparison_table(
+    current: ModelProfile, previous: ModelProfile | None, previous_model: str
+) -> pd.DataFrame:
+    """Long table: silhouette, k, and per matched cluster its size, centers and center shift.
+
+    `previous_model` names the model compared against ("none: ..." on a first window, whose
+    previous values are empty).
+    """
+    rows: list[tuple] = []
+
+    def add(
+        measure: str,
+        cluster: int | None,
+        previous_cluster: int | None,
+        before: float | None,
+        after: float | None,
+        change: float | None = None,
+    ) -> None:
+        if change is None and before is not None and after is not None:
+            change = after - before
+        rows.append((measure, cluster, previous_cluster, before, after, change))
+
+    add("silhouette", None, None, previous.silhouette if previous else None, current.silhouette)
+    add("k", None, None, previous.k if previous else None, current.k)
+    pairs = match_clusters(current, previous) if previous else []
+    matched = dict(pairs)
+    scale = np.where(current.scale > 0, current.scale, 1.0)
+    for cluster, center in current.centers.iterrows():
+        old_id = matched.get(int(cluster))
+        old = previous.centers.loc[old_id] if old_id is not None else None
+        for column in ("size", *FEATURES):
+            add(column, cluster, old_id, None if old is None else old[column], center[column])
+        if old is not None:
+            shift = (center[list(FEATURES)] - old[list(FEATURES)]).to_numpy() / scale
+            add("center_shift_std", cluster, old_id, None, None, float(np.linalg.norm(shift)))
+    if previous is not None:
+        for old_id, old in previous.centers.drop(index=list(matched.values())).iterrows():
+            for column in ("size", *FEATURES):
+                add(column, None, old_id, old[column], None)
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[:-1])
+    table[["cluster", "previous_cluster"]] = table[["cluster", "previous_cluster"]].astype("Int64")
+    table["previous_model"] = previous_model
+    return table
+
+
+def plot_comparison(
+    table: pd.DataFrame, current: ModelProfile, previous: ModelProfile | None, path: Path
+) -> None:
+    """Sizes before/after per matched cluster, center shifts, silhouette before/after."""
+    if previous is None:
+        figure = Figure(figsize=(7, 2))
+        axis = figure.subplots()
+        axis.axis("off")
+        axis.text(
+            0.5,
+            0.5,
+            f"window {current.window}: no previous model to compare with",
+            ha="center",
+            va="center",
+            fontsize=12,
+        )
+        figure.savefig(path, dpi=100)
+        return
+
+    sizes = table[table["measure"] == "size"]
+    shifts = table[table["measure"] == "center_shift_std"]
+    figure = Figure(figsize=(14, 3.8))
+    axes = figure.subplots(1, 3, width_ratios=[3, 3, 1])
+    x = np.arange(len(sizes))
+    axes[0].bar(x - 0.2, sizes["previous"].fillna(0), 0.4, label=f"window {previous.window}")
+    axes[0].bar(x + 0.2, sizes["current"].fillna(0), 0.4, label=f"window {current.window}")
+    axes[0].set_xticks(x, _pair_labels(sizes))
+    axes[0].set_title("cluster sizes (current<-previous)")
+    axes[0].legend(loc="best", fontsize="small")
+    axes[1].bar(np.arange(len(shifts)), shifts["change"], color="C2")
+    axes[1].set_xticks(np.arange(len(shifts)), _pair_labels(shifts))
+    axes[1].set_title("center shift (std units)")
+    axes[2].bar(
+        [f"w{previous.window}", f"w{current.window}"],
+        [previous.silhouette, current.silhouette],
+        color=["C0", "C1"],
+    )
+    axes[2].set_title("silhouette")
+    figure.suptitle(f"window {previous.window} -> window {current.window}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def _pair_labels(rows: pd.DataFrame) -> list[str]:
+    """ "current<-previous" cluster ids of comparison rows, "-" where a side has no cluster."""
+
+    def name(value) -> str:
+        return "-" if value is None or pd.isna(value) else str(int(value))
+
+    pairs = zip(rows["cluster"], rows["previous_cluster"], strict=True)
+    return [f"{name(c)}<-{name(p)}" for c, p in pairs]

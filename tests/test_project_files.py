@@ -1,0 +1,107 @@
+"""The MLflow project files agree with pyproject.toml and with the CLIs they call."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+
+import pytest
+import yaml
+from mlflow.projects._project_spec import load_project
+
+from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.train import parser as train_parser
+
+ENTRY_POINTS = {"generate", "produce", "consume", "train", "main"}
+MLFLOW_TYPES = {"string", "float", "int", "path", "uri"}
+
+
+def pyproject_dependencies() -> list[str]:
+    with open(PROJECT_ROOT / "pyproject.toml", "rb") as handle:
+        return tomllib.load(handle)["project"]["dependencies"]
+
+
+def mlproject() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
+
+
+def test_conda_env_is_python_311_jdk_17_and_the_pyproject_dependencies() -> None:
+    conda = yaml.safe_load((PROJECT_ROOT / "conda.yaml").read_text())
+    plain = [d for d in conda["dependencies"] if isinstance(d, str)]
+    (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+
+    assert "python=3.11" in plain and "openjdk=17" in plain and "pip" in plain
+    assert pip == pyproject_dependencies()
+
+
+def test_python_env_is_python_311_and_the_pyproject_dependencies() -> None:
+    python_env = yaml.safe_load((PROJECT_ROOT / "python_env.yaml").read_text())
+
+    assert python_env["python"] == "3.11"
+    assert python_env["dependencies"] == pyproject_dependencies()
+
+
+def test_pyproject_allows_the_python_of_the_environments() -> None:
+    with open(PROJECT_ROOT / "pyproject.toml", "rb") as handle:
+        requires = tomllib.load(handle)["project"]["requires-python"]
+    assert requires == ">=3.11,<3.12"
+
+
+def test_mlproject_uses_conda_yaml_and_has_the_entry_points() -> None:
+    project = load_project(str(PROJECT_ROOT))
+
+    assert mlproject()["conda_env"] == "conda.yaml"
+    assert set(project._entry_points) == ENTRY_POINTS
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_every_parameter_is_typed_defaulted_and_used(name: str) -> None:
+    entry = mlproject()["entry_points"][name]
+    placeholders = set(re.findall(r"\{([^}]+)\}", entry["command"]))
+
+    assert placeholders == set(entry["parameters"])
+    for parameter, spec in entry["parameters"].items():
+        assert spec["type"] in MLFLOW_TYPES, parameter
+        assert "default" in spec, parameter
+    module = shlex.split(entry["command"])[2]
+    assert (PROJECT_ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_train_parameters_and_their_types() -> None:
+    parameters = mlproject()["entry_points"]["train"]["parameters"]
+
+    assert {name: spec["type"] for name, spec in parameters.items()} == {
+        "windows-dir": "path",
+        "windows": "int",
+        "first-window": "int",
+        "mode": "string",
+        "k": "int",
+        "k-min": "int",
+        "k-max": "int",
+        "seed": "int",
+        "max-iter": "int",
+        "distance-measure": "string",
+    }
+
+
+def test_the_train_command_parses_with_the_train_cli(tmp_path) -> None:
+    """MLproject's defaults, substituted as `mlflow run` does, are valid `pipelines.train` flags."""
+    entry = load_project(str(PROJECT_ROOT)).get_entry_point("train")
+    command = entry.compute_command({"windows-dir": str(tmp_path)}, storage_dir=None)
+    argv = shlex.split(command)
+
+    assert argv[:3] == ["python", "-m", "pipelines.train"]
+    args = train_parser(Settings()).parse_args(argv[3:])
+    assert (args.windows_dir, args.windows, args.mode, args.k) == (tmp_path, 3, "cumulative", 0)
+    assert (args.k_min, args.k_max, args.seed, args.max_iter) == (2, 8, 42, 50)
+    assert (args.distance_measure, args.first_window) == ("euclidean", 1)
+
+
+def test_main_defaults_generate_when_no_data_is_given() -> None:
+    entry = load_project(str(PROJECT_ROOT)).get_entry_point("main")
+    argv = shlex.split(entry.compute_command({}, storage_dir=None))
+
+    assert argv[argv.index("--data") + 1] == ""
+    assert argv[argv.index("--windows") + 1] == "3"
+    assert argv[argv.index("--mode") + 1] == "cumulative"
