@@ -5,8 +5,22 @@ PY      := $(VENV)/bin/python
 # `mlflow models serve` and `mlflow run` exec tools (uvicorn, python) from PATH: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install kafka-up kafka-down generate produce consume train pipeline serve ui test lint \
-        bench-stream bench-train bench-serve
+.PHONY: demo stop clean install kafka-up kafka-down generate produce consume train pipeline serve \
+        ui test lint bench-stream bench-train bench-serve
+
+# From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
+demo: install
+	$(PY) -m infra.demo
+
+# Stop what the demo started (its server, and the broker if the demo started it).
+stop:
+	$(PY) -m infra.demo stop
+
+# Remove generated data, the local MLflow store and the broker's data (stopping the broker first).
+clean:
+	-[ -x $(PY) ] && $(PY) -m infra.demo stop && $(PY) -m infra.kafka_broker down
+	rm -rf .kafka mlruns mlflow.db logs test-artifacts
+	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
 install: $(VENV)/.installed
 

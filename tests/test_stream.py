@@ -75,7 +75,12 @@ def _consumer(topic: str, output_dir: Path, group: str, bootstrap: str) -> subpr
 
 
 def _finish(process: subprocess.Popen, timeout: float = 180) -> str:
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # never leave a test's process behind
+        output, _ = process.communicate()
+        pytest.fail(f"{process.args} did not finish in {timeout} s:\n{output}")
     assert process.returncode == 0, output
     return output
 

@@ -1,0 +1,195 @@
+"""`make demo`: from a fresh clone to three served models, one narrated stage at a time.
+
+    python -m infra.demo        # broker, dataset, stream, 3 windows, train, serve, ask
+    python -m infra.demo stop   # stop the server and the broker the demo started
+
+Run it again and it reuses what is there: the stream gets another replay, the consumer cuts the
+next three windows, training adds three versions and moves the aliases, and the running server
+picks them up. Ctrl-C stops what this run started; `make stop` stops everything the demo started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
+from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.windows import read_manifests
+
+SERVER_PID = PROJECT_ROOT / "logs" / "demo-server.pid"
+SERVER_LOG = PROJECT_ROOT / "logs" / "demo-server.out"
+# Present while the broker runs because the demo started it: `stop` then stops it too.
+BROKER_MARK = PROJECT_ROOT / "logs" / "demo-started-broker"
+SEED_EXAMPLE = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
+
+
+def stage(title: str, action: Callable[[], object]) -> object:
+    print(f"\n==> {title}", flush=True)
+    started = time.perf_counter()
+    result = action()
+    print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
+    return result
+
+
+def run(*command: str) -> None:
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True)
+
+
+def python(*args: str) -> None:
+    run(sys.executable, *args)
+
+
+def dataset(settings: Settings) -> Path:
+    given = os.environ.get("DATA", "").strip()
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise SystemExit(f"DATA={given} is not a file")
+        print(f"    using {path}")
+        return path
+    path = settings.data_dir / "online_retail.csv"
+    if path.exists():
+        print(f"    reusing {path}")
+    else:
+        python("-m", "pipelines.generate", "--output", str(path))
+    return path
+
+
+def train_latest(settings: Settings) -> list[int]:
+    windows = [m.window for m in read_manifests(settings.windows_dir)]
+    latest = windows[-3:]
+    run(
+        "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
+        "--experiment-name", settings.experiment_name,
+        "-P", f"first-window={latest[0]}", "-P", f"windows={latest[-1]}",
+    )  # fmt: skip
+    return latest
+
+
+def server_pid() -> int | None:
+    try:
+        pid = int(SERVER_PID.read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def serve(port: int) -> bool:
+    """Start the server unless the demo's server already runs; True when started now."""
+    if server_pid():
+        print("    server already running: asking it to reload the moved aliases")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/admin/reload", method="POST")
+        urllib.request.urlopen(request, timeout=60).read()
+        return False
+    SERVER_LOG.parent.mkdir(exist_ok=True)
+    with SERVER_LOG.open("ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    SERVER_PID.write_text(str(server.pid))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).read()
+            print(f"    server ready at http://127.0.0.1:{port} (pid {server.pid})")
+            return True
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited; see {SERVER_LOG}") from None
+            time.sleep(0.5)
+    raise SystemExit(f"the server was not ready in 90 s; see {SERVER_LOG}")
+
+
+def ask(port: int) -> None:
+    """The seed's example request, to each of the three endpoints."""
+    for alias in ("model1", "model2", "model3"):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict_cluster_{alias}",
+            data=json.dumps(SEED_EXAMPLE).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            version = response.headers.get("X-Model-Version", "?")
+            answer = response.read().decode()
+            print(f"    POST /predict_cluster_{alias} (version {version}) -> {answer}")
+
+
+def stop() -> None:
+    """Stop the demo's server, and the broker if the demo started it; nothing else."""
+    pid = server_pid()
+    if pid:
+        os.killpg(pid, signal.SIGTERM)
+        print(f"stopped the server (pid {pid})")
+    SERVER_PID.unlink(missing_ok=True)
+    if BROKER_MARK.exists():
+        python("-m", "infra.kafka_broker", "down")
+        BROKER_MARK.unlink()
+
+
+def demo(port: int) -> None:
+    settings = Settings.from_env()
+    started_broker = running_broker(DEFAULT_STATE_DIR) is None and not os.environ.get(
+        "KAFKA_BOOTSTRAP_SERVERS"
+    )
+    started_server = False
+    try:
+        stage("Kafka broker", lambda: python("-m", "infra.kafka_broker", "up"))
+        if started_broker:
+            BROKER_MARK.parent.mkdir(exist_ok=True)
+            BROKER_MARK.touch()
+        path = stage("dataset", lambda: dataset(settings))
+        stage(
+            f"replay {path.name} into Kafka",
+            lambda: python("-m", "pipelines.produce", "--input", str(path)),
+        )
+        stage(
+            "cut the stream into 3 windows",
+            lambda: python("-m", "pipelines.consume", "--windows", "3"),
+        )
+        latest = stage("train and register (mlflow run . -e train)", lambda: train_latest(settings))
+        started_server = stage("serve the registered models", lambda: serve(port))
+        stage("ask each model about the seed's customer", lambda: ask(port))
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping what this run started")
+        if not started_server:
+            SERVER_PID.unlink(missing_ok=True)  # keep a server an earlier run started
+        if started_server or started_broker:
+            stop()
+        raise SystemExit(130) from None
+    print(
+        f"\nWindows {latest[0]}-{latest[-1]} are versions behind aliases model1..model3.\n"
+        "Compare the runs in the MLflow UI:  make ui   (then open http://127.0.0.1:5001)\n"
+        "Run the demo again:                make demo  (adds three versions, moves the aliases)\n"
+        "Stop everything the demo started:  make stop"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", nargs="?", choices=("run", "stop"), default="run")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", 5000)))
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        stop()
+    else:
+        demo(args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
