@@ -91,8 +91,8 @@ def register(
     silhouette = ClusteringEvaluator(featuresCol="features", predictionCol=PREDICTION_COL).evaluate(
         frame
     )
-    _use_experiment(model_name)
-    with mlflow.start_run(run_name=f"window-{window}") as run:
+    experiment_id = _experiment_id(model_name)
+    with mlflow.start_run(run_name=f"window-{window}", experiment_id=experiment_id) as run:
         mlflow.log_params({"k": k, "window": window})
         mlflow.log_metric("silhouette", silhouette)
         mlflow.set_tag("window", str(window))
@@ -151,16 +151,19 @@ def tracking(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-def _use_experiment(name: str) -> None:
-    """Select the experiment, creating it with artifacts beside a sqlite store's database.
+def _experiment_id(name: str) -> str:
+    """The experiment's id, creating it with artifacts beside a sqlite store's database.
 
-    (MLflow's default would be ./mlruns of whatever the working directory is.)
+    (MLflow's default would be ./mlruns of whatever the working directory is.) Not
+    mlflow.set_experiment: that exports MLFLOW_EXPERIMENT_ID to os.environ, and every later
+    `mlflow run --experiment-name` subprocess of the session would refuse to start.
     """
-    if mlflow.get_experiment_by_name(name) is None:
-        uri = mlflow.get_tracking_uri()
-        location = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
-        mlflow.create_experiment(name, artifact_location=location.as_uri())
-    mlflow.set_experiment(name)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = mlflow.get_tracking_uri()
+    location = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
+    return mlflow.create_experiment(name, artifact_location=location.as_uri())
 
 
 def free_port() -> int:
