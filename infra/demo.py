@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.windows import read_manifests
@@ -94,7 +96,8 @@ def serve(port: int) -> bool:
     SERVER_LOG.parent.mkdir(exist_ok=True)
     with SERVER_LOG.open("ab") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--port", str(port)],
+            # Poll often: the demo's next run moves the aliases and wants them picked up at once.
+            [sys.executable, "-m", "serving", "--port", str(port), "--poll-interval", "5"],
             cwd=PROJECT_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -114,19 +117,30 @@ def serve(port: int) -> bool:
     raise SystemExit(f"the server was not ready in 90 s; see {SERVER_LOG}")
 
 
-def ask(port: int) -> None:
-    """The seed's example request, to each of the three endpoints."""
+def ask(port: int, settings: Settings) -> None:
+    """The seed's example request to each endpoint, once it serves the version its alias points
+    at in the registry (every worker polls the registry on its own)."""
+    client = MlflowClient(settings.mlflow_tracking_uri)
     for alias in ("model1", "model2", "model3"):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/predict_cluster_{alias}",
-            data=json.dumps(SEED_EXAMPLE).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            version = response.headers.get("X-Model-Version", "?")
-            answer = response.read().decode()
-            print(f"    POST /predict_cluster_{alias} (version {version}) -> {answer}")
+        expected = client.get_model_version_by_alias(settings.model_name, alias).version
+        deadline = time.monotonic() + 60
+        while True:
+            version, answer = _predict(port, alias)
+            if version == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        print(f"    POST /predict_cluster_{alias} (version {version}) -> {answer}")
+
+
+def _predict(port: int, alias: str) -> tuple[str, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict_cluster_{alias}",
+        data=json.dumps(SEED_EXAMPLE).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers.get("X-Model-Version", "?"), response.read().decode()
 
 
 def stop() -> None:
@@ -163,7 +177,7 @@ def demo(port: int) -> None:
         )
         latest = stage("train and register (mlflow run . -e train)", lambda: train_latest(settings))
         started_server = stage("serve the registered models", lambda: serve(port))
-        stage("ask each model about the seed's customer", lambda: ask(port))
+        stage("ask each model about the seed's customer", lambda: ask(port, settings))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping what this run started")
         if not started_server:

@@ -35,7 +35,10 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", cls.kafka_bootstrap_servers),
+            # Unset, it is the local broker of `make kafka-up`, on KAFKA_PORT when that is set.
+            kafka_bootstrap_servers=_env(
+                "KAFKA_BOOTSTRAP_SERVERS", f"localhost:{_env('KAFKA_PORT', '9092')}"
+            ),
             kafka_topic=_env("KAFKA_TOPIC", cls.kafka_topic),
             kafka_group=_env("KAFKA_GROUP", cls.kafka_group),
             mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
