@@ -12,7 +12,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(name: str, default: str) -> str:
+def env_or(name: str, default: str) -> str:
+    """The variable's value, or `default` when it is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or default
 
@@ -36,14 +37,14 @@ class Settings:
     def from_env(cls) -> Settings:
         return cls(
             # Unset, it is the local broker of `make kafka-up`, on KAFKA_PORT when that is set.
-            kafka_bootstrap_servers=_env(
-                "KAFKA_BOOTSTRAP_SERVERS", f"localhost:{_env('KAFKA_PORT', '9092')}"
+            kafka_bootstrap_servers=env_or(
+                "KAFKA_BOOTSTRAP_SERVERS", f"localhost:{env_or('KAFKA_PORT', '9092')}"
             ),
-            kafka_topic=_env("KAFKA_TOPIC", cls.kafka_topic),
-            kafka_group=_env("KAFKA_GROUP", cls.kafka_group),
-            mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
-            spark_master=_env("SPARK_MASTER", cls.spark_master),
-            model_name=_env("MODEL_NAME", cls.model_name),
-            experiment_name=_env("MLFLOW_EXPERIMENT_NAME", cls.experiment_name),
-            data_dir=Path(_env("DATA_DIR", str(PROJECT_ROOT / "data"))),
+            kafka_topic=env_or("KAFKA_TOPIC", cls.kafka_topic),
+            kafka_group=env_or("KAFKA_GROUP", cls.kafka_group),
+            mlflow_tracking_uri=env_or("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
+            spark_master=env_or("SPARK_MASTER", cls.spark_master),
+            model_name=env_or("MODEL_NAME", cls.model_name),
+            experiment_name=env_or("MLFLOW_EXPERIMENT_NAME", cls.experiment_name),
+            data_dir=Path(env_or("DATA_DIR", str(PROJECT_ROOT / "data"))),
         )

@@ -11,12 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import PROJECT_ROOT, Settings
-
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+from pipelines.config import PROJECT_ROOT, Settings, env_or
 
 
 @dataclass(frozen=True)
@@ -41,24 +36,24 @@ class ServingSettings:
     @classmethod
     def from_env(cls) -> ServingSettings:
         base = Settings.from_env()
-        log_file = _env("SERVING_LOG_FILE", str(cls.log_file))
+        log_file = env_or("SERVING_LOG_FILE", str(cls.log_file))
         return cls(
-            host=_env("SERVING_HOST", cls.host),
-            port=int(_env("SERVING_PORT", str(cls.port))),
-            workers=int(_env("SERVING_WORKERS", str(cls.workers))),
-            threads=int(_env("SERVING_THREADS", str(cls.threads))),
+            host=env_or("SERVING_HOST", cls.host),
+            port=int(env_or("SERVING_PORT", str(cls.port))),
+            workers=int(env_or("SERVING_WORKERS", str(cls.workers))),
+            threads=int(env_or("SERVING_THREADS", str(cls.threads))),
             tracking_uri=base.mlflow_tracking_uri,
             model_name=base.model_name,
             aliases=tuple(
-                a.strip() for a in _env("SERVING_ALIASES", ",".join(cls.aliases)).split(",")
+                a.strip() for a in env_or("SERVING_ALIASES", ",".join(cls.aliases)).split(",")
             ),
-            poll_interval=float(_env("SERVING_POLL_INTERVAL", str(cls.poll_interval))),
-            max_batch=int(_env("SERVING_MAX_BATCH", str(cls.max_batch))),
-            max_body_bytes=int(_env("SERVING_MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            poll_interval=float(env_or("SERVING_POLL_INTERVAL", str(cls.poll_interval))),
+            max_batch=int(env_or("SERVING_MAX_BATCH", str(cls.max_batch))),
+            max_body_bytes=int(env_or("SERVING_MAX_BODY_BYTES", str(cls.max_body_bytes))),
             admin_token=os.environ.get("SERVING_ADMIN_TOKEN") or None,
             # SERVING_LOG_FILE=none logs to stderr only.
             log_file=None if log_file.lower() == "none" else Path(log_file),
-            log_max_bytes=int(_env("SERVING_LOG_MAX_BYTES", str(cls.log_max_bytes))),
-            log_backups=int(_env("SERVING_LOG_BACKUPS", str(cls.log_backups))),
-            log_level=_env("SERVING_LOG_LEVEL", cls.log_level).upper(),
+            log_max_bytes=int(env_or("SERVING_LOG_MAX_BYTES", str(cls.log_max_bytes))),
+            log_backups=int(env_or("SERVING_LOG_BACKUPS", str(cls.log_backups))),
+            log_level=env_or("SERVING_LOG_LEVEL", cls.log_level).upper(),
         )
