@@ -122,7 +122,8 @@ def ask(port: int, settings: Settings) -> None:
     at in the registry (every worker polls the registry on its own)."""
     client = MlflowClient(settings.mlflow_tracking_uri)
     for alias in ("model1", "model2", "model3"):
-        expected = client.get_model_version_by_alias(settings.model_name, alias).version
+        # The registry's version may come back as an int; the header is always text.
+        expected = str(client.get_model_version_by_alias(settings.model_name, alias).version)
         deadline = time.monotonic() + 60
         while True:
             version, answer = _predict(port, alias)
