@@ -37,6 +37,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
+from pipelines import cli
 from pipelines.config import Settings
 from pipelines.messages import (
     HEADER_FIELDS,
@@ -424,4 +425,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

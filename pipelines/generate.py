@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines import cli
 from pipelines.config import Settings
 from pipelines.schema import COLUMNS
 
@@ -431,4 +432,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

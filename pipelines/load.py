@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines import cli
 from pipelines.schema import COLUMNS, canonical_name, is_cancellation
 
 # Tried in order on the values still unparsed: the real file's two spellings, then ISO 8601.
@@ -353,4 +354,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -9,12 +9,12 @@ here as a child of this run, so the UI shows what every step did and how long it
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 
+from pipelines import cli
 from pipelines.config import PROJECT_ROOT, Settings
 
 
@@ -58,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

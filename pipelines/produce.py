@@ -24,6 +24,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from tqdm import tqdm
 
+from pipelines import cli
 from pipelines.config import Settings
 from pipelines.load import load_transactions
 from pipelines.messages import HEADER_FIELDS, encode_end, encode_invoice
@@ -184,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

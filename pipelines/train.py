@@ -40,7 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipelines import registry
+from pipelines import cli, registry
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.features import CLEANING_RULES, Cleaned, clean, customer_features
 from pipelines.report import (
@@ -536,4 +536,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

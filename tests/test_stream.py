@@ -169,6 +169,27 @@ def test_consumer_killed_mid_window_then_restarted_writes_the_same_windows(
         )
 
 
+def test_ctrl_c_stops_the_consumer_cleanly_and_a_restart_goes_on(
+    dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
+):
+    topic = unique_topic("retail")
+    producer = _producer(dataset, topic, rate=20_000, bootstrap=kafka_bootstrap)
+    windows_dir, group = tmp_path / "windows", f"{topic}-interrupted"
+    consumer = _consumer(topic, windows_dir, group, kafka_bootstrap)
+    deadline = time.monotonic() + 60
+    while not (windows_dir / "window-1.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    consumer.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    output, _ = consumer.communicate(timeout=30)
+
+    assert consumer.returncode == 130, output
+    assert "consume: interrupted" in output and "Traceback" not in output, output
+    assert [m.window for m in read_manifests(windows_dir)] in ([1], [1, 2])
+    _finish(_consumer(topic, windows_dir, group, kafka_bootstrap))
+    _finish(producer)
+    _assert_windows_hold_exactly(windows_dir, input_digest, ROWS)
+
+
 def test_broker_restarted_mid_stream_loses_and_duplicates_nothing(
     dataset, input_digest, private_broker, unique_topic, tmp_path
 ):
