@@ -15,6 +15,7 @@ from serving import api, logging_setup, metrics, ops
 from serving.api import json_response
 from serving.observe import REQUEST_ID_KEY, RequestObserver
 from serving.registry import ModelRegistry, Poller, Slot
+from serving.reload import ReloadBoard
 from serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
@@ -34,6 +35,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
     )
     app.extensions["serving.settings"] = settings
     app.extensions["serving.registry"] = registry
+    app.extensions["serving.reload_board"] = None
     app.register_blueprint(api.create_blueprint(settings.aliases))
     app.register_blueprint(ops.bp)
     app.wsgi_app = RequestObserver(app.wsgi_app, {r.rule for r in app.url_map.iter_rules()})
@@ -43,8 +45,11 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
         # Load before returning: gunicorn starts a worker's accept loop only after this, so no
         # worker answers 503 for models that are about to load. If the registry is down, this
         # returns after one failed attempt and the poller keeps trying.
-        registry.refresh()
-        Poller(registry, settings.poll_interval).start()
+        board = ReloadBoard(settings.reload_dir) if settings.reload_dir else None
+        poller = Poller(registry, settings.poll_interval, board)
+        poller.refresh()
+        poller.start()
+        app.extensions["serving.reload_board"] = board
     log.info(
         "serving %s aliases %s from %s",
         settings.model_name,

@@ -6,7 +6,8 @@
 - `gthread` workers keep HTTP connections alive (the sync worker closes every one), and a worker's
   threads let slow clients not block each other. Use about one worker per core.
 - Each worker loads the models and runs its own registry poller: after an alias moves, workers
-  switch within one poll interval of each other (`POST /admin/reload` reaches only one of them).
+  switch within one poll interval of each other. `POST /admin/reload` reaches them all at once
+  through a directory they share (serving.reload), made here and removed on exit.
 - pyspark stays out of the master and so of the workers (see serving.keep_pyspark_out).
 - Metrics: every worker writes its counters to PROMETHEUS_MULTIPROC_DIR (a fresh temporary
   directory unless set), and `/metrics` on any worker reports the sum over all of them.
@@ -20,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from serving import keep_pyspark_out
+from serving.reload import ReloadBoard
 from serving.settings import ServingSettings
 
 keep_pyspark_out()
@@ -40,8 +42,10 @@ def _multiprocess_dir() -> tuple[Path, bool]:
     return path, True
 
 
-_settings = ServingSettings.from_env()
 _metrics_dir, _own_metrics_dir = _multiprocess_dir()
+# Read by ServingSettings in every worker.
+os.environ["SERVING_RELOAD_DIR"] = _reload_dir = tempfile.mkdtemp(prefix="serving-reload-")
+_settings = ServingSettings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
@@ -61,8 +65,10 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    ReloadBoard(Path(_reload_dir)).forget(worker.pid)
 
 
 def on_exit(server) -> None:
+    shutil.rmtree(_reload_dir, ignore_errors=True)
     if _own_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -110,8 +110,13 @@ def document(settings: ServingSettings) -> dict[str, Any]:
         },
         "/admin/reload": {
             "post": {
-                "summary": "Re-resolve the aliases now (bearer token if SERVING_ADMIN_TOKEN)",
-                "responses": {"200": _ok("Per alias state"), "401": _error("Missing token")},
+                "summary": "Re-resolve the aliases now in every worker (bearer token if "
+                "SERVING_ADMIN_TOKEN)",
+                "responses": {
+                    "200": _ok("Every worker reloaded: per alias state, workers reloaded"),
+                    "202": _ok("Reloaded here; the workers under `pending` have not confirmed"),
+                    "401": _error("Missing token"),
+                },
             }
         },
     }

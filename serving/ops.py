@@ -10,9 +10,11 @@ from serving import metrics
 from serving.api import json_response
 from serving.openapi import document
 from serving.registry import ModelRegistry
+from serving.reload import ReloadBoard
 from serving.settings import ServingSettings
 
 bp = Blueprint("ops", __name__)
+RELOAD_WAIT = 20.0  # seconds `POST /admin/reload` waits for the other workers
 
 
 def _registry() -> ModelRegistry:
@@ -54,7 +56,7 @@ def openapi() -> Response:
 
 @bp.post("/admin/reload")
 def reload() -> Response:
-    """Re-resolve every alias now (this worker; the others on their next poll)."""
+    """Re-resolve every alias now, in every worker; answers once they all have (or 20 s passed)."""
     token = current_app.extensions["serving.settings"].admin_token
     if token is not None:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -62,10 +64,17 @@ def reload() -> Response:
             response = json_response({"error": "a valid bearer token is required"}, 401)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
+    board: ReloadBoard | None = current_app.extensions["serving.reload_board"]
+    generation = board.request() if board else 0
     slots = _registry().refresh()
-    return json_response(
-        {
+    pending = board.wait(generation, timeout=RELOAD_WAIT) if board else []
+    workers = board.workers() if board else 1
+    body = {
+        "models": {
             alias: {"version": s.model.version if s.model else None, "error": s.error}
             for alias, s in slots.items()
-        }
-    )
+        },
+        "workers": {"reloaded": workers - len(pending), "pending": pending},
+    }
+    # 202: asked, but some worker has not confirmed yet (it still will, by its next poll at worst).
+    return json_response(body, 202 if pending else 200)

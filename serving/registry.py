@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.schema import FEATURES
 from serving.predictor import SegmentationModel, load_pipeline
+from serving.reload import CHECK_EVERY, ReloadBoard
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +174,29 @@ class ModelRegistry:
 
 
 class Poller(threading.Thread):
-    """Refreshes the registry every `interval` seconds; sooner (from 1 s) while an alias is down."""
+    """Refreshes the registry every `interval` seconds; sooner (from 1 s) while an alias is down,
+    and at once when `POST /admin/reload` on any worker asks for it through `board`."""
 
-    def __init__(self, registry: ModelRegistry, interval: float) -> None:
+    def __init__(
+        self, registry: ModelRegistry, interval: float, board: ReloadBoard | None = None
+    ) -> None:
         super().__init__(name="registry-poller", daemon=True)
         self.registry = registry
         self.interval = interval
+        self.board = board
+        self.reached = 0  # the last reload generation this worker has refreshed for
+
+    def refresh(self) -> None:
+        """One round; also called once before the thread starts, to load the models."""
+        # Read before refreshing: a reload asked for during the refresh gets one more round.
+        generation = self.board.requested() if self.board else 0
+        try:
+            self.registry.refresh()
+        except Exception:  # never let the poller die; the next round tries again
+            log.exception("registry refresh failed")
+        if self.board:
+            self.board.reached(generation)
+        self.reached = generation
 
     def run(self) -> None:
         retry = 1.0
@@ -187,11 +205,17 @@ class Poller(threading.Thread):
                 retry, delay = 1.0, self.interval
             else:
                 delay, retry = min(retry, self.interval), min(retry * 2, self.interval)
-            time.sleep(delay)
-            try:
-                self.registry.refresh()
-            except Exception:  # never let the poller die; the next round tries again
-                log.exception("registry refresh failed")
+            self._sleep(delay)
+            self.refresh()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, cut short when a reload is asked for."""
+        if self.board is None:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and self.board.requested() <= self.reached:
+            time.sleep(min(left, CHECK_EVERY))
 
 
 def _reason(exc: Exception) -> str:

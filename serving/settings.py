@@ -32,11 +32,14 @@ class ServingSettings:
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
     log_level: str = "INFO"
+    # Set by serving.gunicorn_conf for its workers: where `POST /admin/reload` reaches them all.
+    reload_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> ServingSettings:
         base = Settings.from_env()
         log_file = env_or("SERVING_LOG_FILE", str(cls.log_file))
+        reload_dir = env_or("SERVING_RELOAD_DIR", "")
         return cls(
             host=env_or("SERVING_HOST", cls.host),
             port=int(env_or("SERVING_PORT", str(cls.port))),
@@ -56,4 +59,5 @@ class ServingSettings:
             log_max_bytes=int(env_or("SERVING_LOG_MAX_BYTES", str(cls.log_max_bytes))),
             log_backups=int(env_or("SERVING_LOG_BACKUPS", str(cls.log_backups))),
             log_level=env_or("SERVING_LOG_LEVEL", cls.log_level).upper(),
+            reload_dir=Path(reload_dir) if reload_dir else None,
         )

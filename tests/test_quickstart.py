@@ -157,6 +157,7 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
         # Again: the next three windows become versions 4-6 and the running server follows.
         second = _make(clone, "demo", env, log)
         assert "server already running" in second
+        assert "reloaded by 2 workers; still pending: []" in second
         assert _answered_versions(second) == {"model1": 4, "model2": 5, "model3": 6}, second[-3000:]
         for version, alias in enumerate(ALIASES, start=4):
             assert _ask(serving_port, alias).headers["X-Model-Version"] == str(version)

@@ -234,7 +234,8 @@ def test_admin_reload_requires_the_token_when_set(store: str, tmp_path: Path) ->
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
     ok = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
-    assert ok.get_json()["model2"] == {"version": 2, "error": None}
+    assert ok.get_json()["models"]["model2"] == {"version": 2, "error": None}
+    assert ok.get_json()["workers"] == {"reloaded": 1, "pending": []}
 
 
 def test_registry_unreachable_answers_503_with_the_reason(tmp_path: Path) -> None:

@@ -62,34 +62,34 @@ class Load:
         return {version for _, version in self.results[-n:]}
 
 
-def test_moved_alias_is_served_with_zero_failed_requests(tmp_path: Path) -> None:
-    uri = tracking_uri(tmp_path)
+def _train_and_move_model1(uri: str, k: int, seed: int) -> str:
+    """A new training: a new version, and alias model1 moved to it. Returns the version."""
     spark = local_spark()
     with tracking(uri):
-        v1 = register(
-            spark, fit(spark, 3, seed=1), model_name=MODEL_NAME, alias="model1", window=1, k=3
+        return register(
+            spark, fit(spark, k, seed=seed), model_name=MODEL_NAME, alias="model1", window=1, k=k
         )
-    env = {
+
+
+def _env(uri: str, tmp_path: Path, poll_interval: float) -> dict[str, str]:
+    return {
         "MLFLOW_TRACKING_URI": uri,
         "SERVING_ALIASES": "model1",
-        "SERVING_POLL_INTERVAL": "0.5",
+        "SERVING_POLL_INTERVAL": str(poll_interval),
         "SERVING_LOG_FILE": str(tmp_path / "serving.log"),
     }
+
+
+def test_moved_alias_is_served_with_zero_failed_requests(tmp_path: Path) -> None:
+    uri = tracking_uri(tmp_path)
+    v1 = _train_and_move_model1(uri, k=3, seed=1)
+    env = _env(uri, tmp_path, poll_interval=0.5)
     with serving_process(env, "--workers", "2", "--threads", "4") as (url, _):
         wait_for(f"{url}/ready")
         with Load(f"{url}/predict_cluster_model1") as load:
             time.sleep(1)
             assert load.recent_versions(20) == {v1}
-            with tracking(uri):  # a new training: new version, alias moved to it
-                v2 = register(
-                    spark,
-                    fit(spark, 6, seed=9),
-                    model_name=MODEL_NAME,
-                    alias="model1",
-                    window=1,
-                    k=6,
-                    seed=9,
-                )
+            v2 = _train_and_move_model1(uri, k=6, seed=9)
             deadline = time.monotonic() + 60
             while load.recent_versions(200) != {v2} and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -103,3 +103,30 @@ def test_moved_alias_is_served_with_zero_failed_requests(tmp_path: Path) -> None
         assert load.recent_versions(200) == {v2}
         metrics = requests.get(f"{url}/metrics").text
         assert f'serving_model_version{{alias="model1"}} {float(v2)}' in metrics
+
+
+def test_admin_reload_reaches_every_worker_before_it_answers(tmp_path: Path) -> None:
+    uri = tracking_uri(tmp_path)
+    v1 = _train_and_move_model1(uri, k=3, seed=1)
+    env = _env(uri, tmp_path, poll_interval=600)  # no poll picks the move up during the test
+    with serving_process(env, "--workers", "2", "--threads", "2") as (url, _):
+        wait_for(f"{url}/ready")
+        v2 = _train_and_move_model1(uri, k=5, seed=3)
+        assert _versions_on_fresh_connections(url, 40) == {v1}
+
+        reload = requests.post(f"{url}/admin/reload", timeout=60)
+
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["workers"] == {"reloaded": 2, "pending": []}
+        assert reload.json()["models"]["model1"]["version"] == int(v2)
+        # Each request on a new connection, so both workers answer some of them.
+        assert _versions_on_fresh_connections(url, 100) == {v2}
+
+
+def _versions_on_fresh_connections(url: str, n: int) -> set[str | None]:
+    return {
+        requests.post(
+            f"{url}/predict_cluster_model1", json=SEED_JSON, headers={"Connection": "close"}
+        ).headers.get("X-Model-Version")
+        for _ in range(n)
+    }

@@ -1,0 +1,86 @@
+"""`POST /admin/reload` for every gunicorn worker, not only the one that took the request.
+
+The workers share nothing but a directory (made by serving.gunicorn_conf). The worker that takes
+the request bumps a generation number in it; every worker's poller looks at that number a few
+times a second, refreshes when it moved and then writes the generation it has reached to a file
+of its own. The request returns once every live worker has reached the new generation.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+GENERATION = "generation"
+CHECK_EVERY = 0.2  # seconds between a poller's looks at the generation
+
+
+class ReloadBoard:
+    """The shared directory: the generation asked for, and the one each worker has reached."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def requested(self) -> int:
+        return _read_int(self.directory / GENERATION)
+
+    def request(self) -> int:
+        """Ask every worker to refresh; returns the generation to wait for."""
+        with (self.directory / f"{GENERATION}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two reloads at once get two generations
+            generation = self.requested() + 1
+            _write_int(self.directory / GENERATION, generation)
+        return generation
+
+    def reached(self, generation: int) -> None:
+        """This worker has refreshed since `generation` was asked for."""
+        _write_int(self.directory / f"worker-{os.getpid()}", generation)
+
+    def forget(self, pid: int) -> None:
+        """A worker exited: nobody waits for it (gunicorn's child_exit hook)."""
+        (self.directory / f"worker-{pid}").unlink(missing_ok=True)
+
+    def lagging(self, generation: int) -> list[int]:
+        """PIDs of live workers that have not reached `generation` yet."""
+        behind = []
+        for path in self.directory.glob("worker-*"):
+            pid = int(path.name.removeprefix("worker-"))
+            if _read_int(path) < generation and _alive(pid):
+                behind.append(pid)
+        return sorted(behind)
+
+    def wait(self, generation: int, timeout: float) -> list[int]:
+        """Wait until every live worker reached `generation`; returns those that did not."""
+        deadline = time.monotonic() + timeout
+        while (behind := self.lagging(generation)) and time.monotonic() < deadline:
+            time.sleep(CHECK_EVERY / 2)
+        return behind
+
+    def workers(self) -> int:
+        return sum(1 for _ in self.directory.glob("worker-*"))
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def _write_int(path: Path, value: int) -> None:
+    """Atomically: a reader sees the old number or the new one, never an empty file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(str(value))
+    os.replace(partial, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # the workers are this user's processes
+    except ProcessLookupError:
+        return False
+    return True
