@@ -5,6 +5,11 @@
 
 - `gthread` workers keep HTTP connections alive (the sync worker closes every one), and a worker's
   threads let slow clients not block each other. Use about one worker per core.
+- Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections
+  evenly over them. With one shared socket, whichever worker was awake took the connections: a
+  client's 8 keep-alive connections often all landed on one worker, on one core, at half the
+  throughput. Since a second server could then quietly share the port, a taken port is refused
+  at start (on_starting).
 - Each worker loads the models and runs its own registry poller: after an alias moves, workers
   switch within one poll interval of each other. `POST /admin/reload` reaches them all at once
   through a directory they share (serving.reload), made here and removed on exit.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -51,6 +57,8 @@ bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 threads = _settings.threads
 worker_class = "gthread"
+reuse_port = True
+control_socket_disable = True  # gunicornc is not used; do not write ~/.gunicorn/gunicorn.ctl
 keepalive = 5
 timeout = 30
 graceful_timeout = 10
@@ -59,6 +67,26 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "customer-segmentation-serving"
+
+
+def on_starting(server) -> None:
+    try:
+        _refuse_a_taken_port(_settings.host, _settings.port)
+    except SystemExit:
+        on_exit(server)  # on_exit is not called when start fails: remove our directories
+        raise
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """Bind once without SO_REUSEPORT: it fails if anything, even another server, listens."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as error:
+        raise SystemExit(
+            f"cannot listen on {host}:{port}: {error.strerror}. Stop what holds the port, or "
+            "choose another with --port / SERVING_PORT"
+        ) from None
 
 
 def child_exit(server, worker) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -143,6 +144,34 @@ def test_no_jvm_under_the_server(server: tuple[str, subprocess.Popen]) -> None:
     names = [name for _, name in descendants(process.pid)]
     assert names, "gunicorn workers should be children of the server"
     assert not any("java" in name for name in names), names
+
+
+def test_each_worker_listens_on_a_socket_of_its_own(server: tuple[str, subprocess.Popen]) -> None:
+    # So the kernel spreads connections over the workers (see serving.gunicorn_conf).
+    port = int(server[0].rsplit(":", 1)[1])
+    listening = [
+        line
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"  # 0A: LISTEN
+    ]
+    assert len(listening) == 2, listening
+
+
+def test_a_second_server_on_a_taken_port_is_refused(
+    server: tuple[str, subprocess.Popen], tmp_path: Path
+) -> None:
+    port = server[0].rsplit(":", 1)[1]
+    second = subprocess.run(
+        [sys.executable, "-m", "serving", "--port", port, "--log-file", "none"],
+        env=os.environ | {"TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr
+    assert list(tmp_path.iterdir()) == [], "the refused server left its directories behind"
+    assert requests.post(f"{server[0]}/predict_cluster_model1", json=SEED_JSON).ok
 
 
 def test_serving_a_request_never_imports_pyspark(store: str, tmp_path: Path) -> None:
