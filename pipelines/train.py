@@ -509,10 +509,16 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _not_from_py4j(record: logging.LogRecord) -> bool:
+    """py4j logs to the root logger the errors it then raises: on Ctrl-C, pages of tracebacks."""
+    return f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger().addFilter(_not_from_py4j)
     log.setLevel(logging.INFO)
     with logging_redirect_tqdm():
         trained = train_windows(

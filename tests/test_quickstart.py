@@ -173,6 +173,7 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
         # Ctrl-C during training stops everything that run started: the broker, mlflow, Spark.
         third = _interrupt_demo(clone, env, "==> train and register", log)
         assert "interrupted: stopping what this run started" in third, third[-3000:]
+        assert "Traceback" not in third, third[-3000:]
         assert running_broker(clone / ".kafka") is None
         assert _wait_until_gone(clone) == []
     finally:
