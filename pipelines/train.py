@@ -18,8 +18,10 @@ Each window is one MLflow run `window-<i>` and one new version of the registered
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +126,21 @@ def spark_session(master: str) -> SparkSession:
             "spark.driver.extraJavaOptions",
             "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m",
         )
-    return builder.getOrCreate()
+    try:
+        return builder.getOrCreate()
+    except KeyboardInterrupt:
+        _stop_children()
+        raise
+
+
+def _stop_children() -> None:
+    """Ctrl-C while PySpark waits for its new JVM leaves that JVM running, orphaned, with 1 GB:
+    PySpark removes the directory where the JVM was to write its port, and the JVM never gets to
+    the point where it exits with its parent. At that moment the JVM is our only child."""
+    for children in Path("/proc/self/task").glob("*/children"):  # Linux; elsewhere none found
+        for pid in children.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
 
 
 def training_windows(window: int, mode: str) -> list[int]:

@@ -476,3 +476,17 @@ def _wait_for_health(uri: str, timeout: float = 60.0) -> None:
                 return
         time.sleep(0.5)
     raise TimeoutError(f"no MLflow server answered at {uri} within {timeout:.0f} s")
+
+
+def test_an_interrupted_session_start_stops_the_jvm_it_launched() -> None:
+    # The window where PySpark orphans its JVM is under a second wide; what closes it is that
+    # every child of the interrupted process is stopped. Run apart: it stops all its children.
+    script = """
+import subprocess, sys
+from pipelines.train import _stop_children
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+_stop_children()
+sys.exit(0 if child.wait(timeout=10) == -15 else 1)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, timeout=60)
+    assert done.returncode == 0
