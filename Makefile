@@ -18,7 +18,7 @@ stop:
 
 # Remove generated data, the local MLflow store and the broker's data (stopping the broker first).
 clean:
-	-[ -x $(PY) ] && $(PY) -m infra.demo stop && $(PY) -m infra.kafka_broker down
+	-[ -x $(PY) ] && { $(PY) -m infra.demo stop; $(PY) -m infra.kafka_broker down; }
 	rm -rf .kafka mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.schema import FEATURES
 
@@ -89,14 +90,6 @@ class Result:
     def capacity(self) -> float:
         """Requests/s that 2 otherwise idle cores would sustain, server and wrk included."""
         return 2e6 / (self.server_cpu_us + self.wrk_cpu_us)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(server: Server, timeout: float) -> tuple[subprocess.Popen, str, float]:

@@ -56,7 +56,7 @@ def dataset(settings: Settings) -> Path:
             raise SystemExit(f"DATA={given} is not a file")
         print(f"    using {path}")
         return path
-    path = settings.data_dir / "online_retail.csv"
+    path = settings.dataset
     if path.exists():
         print(f"    reusing {path}")
     else:
@@ -104,12 +104,21 @@ def serve(port: int) -> bool:
             start_new_session=True,
         )
     SERVER_PID.write_text(str(server.pid))
+    try:
+        _wait_until_ready(server, port)
+    except BaseException:  # Ctrl-C or never ready: no server is left behind untracked
+        stop_server()
+        raise
+    print(f"    server ready at http://127.0.0.1:{port} (pid {server.pid})")
+    return True
+
+
+def _wait_until_ready(server: subprocess.Popen, port: int) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).read()
-            print(f"    server ready at http://127.0.0.1:{port} (pid {server.pid})")
-            return True
+            return
         except OSError:
             if server.poll() is not None:
                 raise SystemExit(f"the server exited; see {SERVER_LOG}") from None
@@ -137,11 +146,20 @@ def _predict(port: int, alias: str) -> tuple[str, str]:
 
 def stop() -> None:
     """Stop the demo's server, and the broker if the demo started it; nothing else."""
+    stop_server()
+    stop_broker()
+
+
+def stop_server() -> None:
     pid = server_pid()
     if pid:
         os.killpg(pid, signal.SIGTERM)
         print(f"stopped the server (pid {pid})")
     SERVER_PID.unlink(missing_ok=True)
+
+
+def stop_broker() -> None:
+    """The broker, if a demo started it (`BROKER_MARK`)."""
     if BROKER_MARK.exists():
         python("-m", "infra.kafka_broker", "down")
         BROKER_MARK.unlink()
@@ -153,11 +171,11 @@ def demo(port: int) -> None:
         "KAFKA_BOOTSTRAP_SERVERS"
     )
     started_server = False
+    if started_broker:  # marked first, so a Ctrl-C while it starts still stops it
+        BROKER_MARK.parent.mkdir(exist_ok=True)
+        BROKER_MARK.touch()
     try:
         stage("Kafka broker", lambda: python("-m", "infra.kafka_broker", "up"))
-        if started_broker:
-            BROKER_MARK.parent.mkdir(exist_ok=True)
-            BROKER_MARK.touch()
         path = stage("dataset", lambda: dataset(settings))
         stage(
             f"replay {path.name} into Kafka",
@@ -172,10 +190,10 @@ def demo(port: int) -> None:
         stage("ask each model about the seed's customer", lambda: ask(port))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping what this run started")
-        if not started_server:
-            SERVER_PID.unlink(missing_ok=True)  # keep a server an earlier run started
-        if started_server or started_broker:
-            stop()
+        if started_server:  # a server an earlier run started keeps running
+            stop_server()
+        if started_broker:
+            stop_broker()
         raise SystemExit(130) from None
     print(
         f"\nWindows {latest[0]}-{latest[-1]} are versions behind aliases model1..model3.\n"

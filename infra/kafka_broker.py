@@ -332,12 +332,17 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def free_port_pair() -> int:
     """A free port P with P+1 free too: room for a private broker and its controller (tests)."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         if port < 65535 and not port_in_use(port + 1):
             return port
     raise BrokerError("found no two consecutive free ports on 127.0.0.1")

@@ -30,6 +30,11 @@ class Settings:
     data_dir: Path = field(default=PROJECT_ROOT / "data")
 
     @property
+    def dataset(self) -> Path:
+        """The default dataset: what `pipelines.generate` writes and the producer replays."""
+        return self.data_dir / "online_retail.csv"
+
+    @property
     def windows_dir(self) -> Path:
         return self.data_dir / "windows"
 

@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < MIN_ROWS:
         parser.error(f"--rows must be at least {MIN_ROWS}")
-    output = args.output or Settings.from_env().data_dir / "online_retail.csv"
+    output = args.output or Settings.from_env().dataset
 
     started = time.perf_counter()
     frame, segments = generate_dataset(args.rows, args.seed)

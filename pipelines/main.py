@@ -21,20 +21,18 @@ from pipelines.config import PROJECT_ROOT, Settings
 def run_step(entry_point: str, parameters: dict[str, object]) -> None:
     print(f"== {entry_point}: {parameters}", flush=True)
     started = time.perf_counter()
-    submitted = mlflow.projects.run(
+    mlflow.projects.run(  # synchronous: raises ExecutionException if the step fails
         str(PROJECT_ROOT),
         entry_point=entry_point,
         parameters={name: str(value) for name, value in parameters.items()},
         env_manager="local",
         synchronous=True,
     )
-    if submitted.get_status() != "FINISHED":
-        raise RuntimeError(f"step {entry_point} ended {submitted.get_status()}")
     print(f"== {entry_point} done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def run_all(data: str, rows: int, windows: int, mode: str, settings: Settings) -> None:
-    dataset = Path(data) if data else settings.data_dir / "online_retail.csv"
+    dataset = Path(data) if data else settings.dataset
     if not dataset.exists():
         if data:
             raise FileNotFoundError(f"data={data} does not exist")

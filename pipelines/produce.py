@@ -160,7 +160,7 @@ def replay(
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=settings.data_dir / "online_retail.csv")
+    parser.add_argument("--input", type=Path, default=settings.dataset)
     parser.add_argument("--topic", default=settings.kafka_topic)
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
     parser.add_argument("--rate", type=float, default=0.0, help="rows/s; 0 = as fast as possible")

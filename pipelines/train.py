@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -158,6 +159,7 @@ def candidate_ks(k: int | None, k_range: tuple[int, int], customers: int) -> lis
 
 def fit_candidates(
     features: DataFrame,
+    customers: int,
     ks: list[int],
     seed: int,
     max_iter: int,
@@ -168,7 +170,7 @@ def fit_candidates(
     assembler, scaler, _ = build_pipeline(ks[0], seed, max_iter, distance_measure).getStages()
     assembled = assembler.transform(features)
     scaler_model = scaler.fit(assembled)
-    partitions = max(1, features.count() // CUSTOMERS_PER_PARTITION)
+    partitions = max(1, customers // CUSTOMERS_PER_PARTITION)
     scaled = scaler_model.transform(assembled).select(scaler.getOutputCol()).coalesce(partitions)
     scaled = scaled.cache()
     evaluator = ClusteringEvaluator(
@@ -251,7 +253,7 @@ def fit_window(
             ks,
         )
         candidates = fit_candidates(
-            features, ks, spec.seed, spec.max_iter, spec.distance_measure, progress
+            features, customers, ks, spec.seed, spec.max_iter, spec.distance_measure, progress
         )
         example = features.select(*FEATURES).limit(5).toPandas()
     finally:
@@ -490,6 +492,7 @@ def _experiment_id(client: MlflowClient, settings: Settings) -> str:
     return client.create_experiment(settings.experiment_name, artifact_location=location)
 
 
+@functools.cache  # the same for every window of a training
 def _git_commit() -> str:
     try:
         out = subprocess.run(

@@ -24,7 +24,7 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def _registry() -> ModelRegistry:
+def current_registry() -> ModelRegistry:
     return current_app.extensions["serving.registry"]
 
 
@@ -62,7 +62,7 @@ def predict(alias: str) -> Response:
     except BadRequest as exc:
         return json_response({"error": str(exc)}, 400)
 
-    slot = _registry().slot(alias)  # read once: a swap during this request does not affect it
+    slot = current_registry().slot(alias)  # read once: a swap meanwhile does not affect it
     if slot.model is None:
         return json_response({"error": f"model {alias} is not available: {slot.error}"}, 503)
     model = slot.model.model
@@ -80,7 +80,7 @@ def predict(alias: str) -> Response:
 
 def models() -> Response:
     """Per alias: the version served and its training facts, or why none is."""
-    registry = _registry()
+    registry = current_registry()
     out = {}
     for alias in registry.aliases:
         slot = registry.slot(alias)

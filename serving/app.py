@@ -34,8 +34,9 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
         settings.tracking_uri, settings.model_name, settings.aliases, on_change=_export_slot
     )
     app.extensions["serving.settings"] = settings
+    board = ReloadBoard(settings.reload_dir) if poll and settings.reload_dir else None
     app.extensions["serving.registry"] = registry
-    app.extensions["serving.reload_board"] = None
+    app.extensions["serving.reload_board"] = board
     app.register_blueprint(api.create_blueprint(settings.aliases))
     app.register_blueprint(ops.bp)
     app.wsgi_app = RequestObserver(app.wsgi_app, {r.rule for r in app.url_map.iter_rules()})
@@ -45,11 +46,9 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
         # Load before returning: gunicorn starts a worker's accept loop only after this, so no
         # worker answers 503 for models that are about to load. If the registry is down, this
         # returns after one failed attempt and the poller keeps trying.
-        board = ReloadBoard(settings.reload_dir) if settings.reload_dir else None
         poller = Poller(registry, settings.poll_interval, board)
         poller.refresh()
         poller.start()
-        app.extensions["serving.reload_board"] = board
     log.info(
         "serving %s aliases %s from %s",
         settings.model_name,

@@ -51,6 +51,7 @@ def _multiprocess_dir() -> tuple[Path, bool]:
 _metrics_dir, _own_metrics_dir = _multiprocess_dir()
 # Read by ServingSettings in every worker.
 os.environ["SERVING_RELOAD_DIR"] = _reload_dir = tempfile.mkdtemp(prefix="serving-reload-")
+_reload_board = ReloadBoard(Path(_reload_dir))
 _settings = ServingSettings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
@@ -93,7 +94,7 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-    ReloadBoard(Path(_reload_dir)).forget(worker.pid)
+    _reload_board.forget(worker.pid)
 
 
 def on_exit(server) -> None:

@@ -7,18 +7,13 @@ import hmac
 from flask import Blueprint, Response, current_app, request
 
 from serving import metrics
-from serving.api import json_response
+from serving.api import current_registry, json_response
 from serving.openapi import document
-from serving.registry import ModelRegistry
 from serving.reload import ReloadBoard
 from serving.settings import ServingSettings
 
 bp = Blueprint("ops", __name__)
 RELOAD_WAIT = 20.0  # seconds `POST /admin/reload` waits for the other workers
-
-
-def _registry() -> ModelRegistry:
-    return current_app.extensions["serving.registry"]
 
 
 @bp.get("/health")
@@ -30,12 +25,9 @@ def health() -> Response:
 @bp.get("/ready")
 def ready() -> Response:
     """200 once every alias has a model loaded; 503 with the reasons otherwise."""
-    registry = _registry()
+    registry = current_registry()
     slots = {alias: registry.slot(alias) for alias in registry.aliases}
-    body = {
-        alias: {"version": s.model.version if s.model else None, "error": s.error}
-        for alias, s in slots.items()
-    }
+    body = {alias: s.state() for alias, s in slots.items()}
     missing = [f"{a}: {s.error}" for a, s in slots.items() if s.model is None]
     if missing:
         return json_response({"ready": False, "error": "; ".join(missing), "models": body}, 503)
@@ -64,17 +56,16 @@ def reload() -> Response:
             response = json_response({"error": "a valid bearer token is required"}, 401)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
+    registry = current_registry()
     board: ReloadBoard | None = current_app.extensions["serving.reload_board"]
-    generation = board.request() if board else 0
-    slots = _registry().refresh()
-    pending = board.wait(generation, timeout=RELOAD_WAIT) if board else []
-    workers = board.workers() if board else 1
+    if board:  # every worker's poller refreshes, this one's included
+        reloaded, pending = board.wait(board.request(), timeout=RELOAD_WAIT)
+    else:  # a single process without a poller (create_app(poll=False))
+        registry.refresh()
+        reloaded, pending = 1, []
     body = {
-        "models": {
-            alias: {"version": s.model.version if s.model else None, "error": s.error}
-            for alias, s in slots.items()
-        },
-        "workers": {"reloaded": workers - len(pending), "pending": pending},
+        "models": {alias: registry.slot(alias).state() for alias in registry.aliases},
+        "workers": {"reloaded": reloaded, "pending": pending},
     }
     # 202: asked, but some worker has not confirmed yet (it still will, by its next poll at worst).
     return json_response(body, 202 if pending else 200)

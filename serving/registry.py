@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.schema import FEATURES
 from serving.predictor import SegmentationModel, load_pipeline
-from serving.reload import CHECK_EVERY, ReloadBoard
+from serving.reload import ReloadBoard
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ class Slot:
 
     model: LoadedModel | None = None
     error: str | None = "not loaded yet"
+
+    def state(self) -> dict[str, Any]:
+        """What `/ready` and `/admin/reload` report for the alias."""
+        return {"version": self.model.version if self.model else None, "error": self.error}
 
 
 class ModelRegistry:
@@ -212,10 +216,8 @@ class Poller(threading.Thread):
         """Sleep, cut short when a reload is asked for."""
         if self.board is None:
             time.sleep(seconds)
-            return
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and self.board.requested() <= self.reached:
-            time.sleep(min(left, CHECK_EVERY))
+        else:
+            self.board.wait_for_request(after=self.reached, timeout=seconds)
 
 
 def _reason(exc: Exception) -> str:

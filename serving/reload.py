@@ -23,7 +23,6 @@ class ReloadBoard:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
 
     def requested(self) -> int:
         return _read_int(self.directory / GENERATION)
@@ -36,6 +35,12 @@ class ReloadBoard:
             _write_int(self.directory / GENERATION, generation)
         return generation
 
+    def wait_for_request(self, after: int, timeout: float) -> None:
+        """A poller's sleep: `timeout` seconds, or until a generation newer than `after`."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and self.requested() <= after:
+            time.sleep(min(left, CHECK_EVERY))
+
     def reached(self, generation: int) -> None:
         """This worker has refreshed since `generation` was asked for."""
         _write_int(self.directory / f"worker-{os.getpid()}", generation)
@@ -44,24 +49,27 @@ class ReloadBoard:
         """A worker exited: nobody waits for it (gunicorn's child_exit hook)."""
         (self.directory / f"worker-{pid}").unlink(missing_ok=True)
 
-    def lagging(self, generation: int) -> list[int]:
-        """PIDs of live workers that have not reached `generation` yet."""
-        behind = []
+    def wait(self, generation: int, timeout: float) -> tuple[int, list[int]]:
+        """Wait until every live worker reached `generation`. Returns how many live workers
+        have, and the PIDs of those that have not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done, behind = self._progress(generation)
+            if not behind or time.monotonic() >= deadline:
+                return done, behind
+            time.sleep(CHECK_EVERY / 2)
+
+    def _progress(self, generation: int) -> tuple[int, list[int]]:
+        done, behind = 0, []
         for path in self.directory.glob("worker-*"):
             pid = int(path.name.removeprefix("worker-"))
-            if _read_int(path) < generation and _alive(pid):
+            if not _alive(pid):
+                continue
+            if _read_int(path) >= generation:
+                done += 1
+            else:
                 behind.append(pid)
-        return sorted(behind)
-
-    def wait(self, generation: int, timeout: float) -> list[int]:
-        """Wait until every live worker reached `generation`; returns those that did not."""
-        deadline = time.monotonic() + timeout
-        while (behind := self.lagging(generation)) and time.monotonic() < deadline:
-            time.sleep(CHECK_EVERY / 2)
-        return behind
-
-    def workers(self) -> int:
-        return sum(1 for _ in self.directory.glob("worker-*"))
+        return done, sorted(behind)
 
 
 def _read_int(path: Path) -> int:

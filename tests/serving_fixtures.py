@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.sql import DataFrame, SparkSession
 
+from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT
 from pipelines.schema import FEATURES
 from pipelines.segmentation import PREDICTION_COL, build_pipeline
@@ -164,12 +164,6 @@ def _experiment_id(name: str) -> str:
     uri = mlflow.get_tracking_uri()
     location = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
     return mlflow.create_experiment(name, artifact_location=location.as_uri())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(url: str, status: int = 200, timeout: float = 60.0) -> requests.Response:

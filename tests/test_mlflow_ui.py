@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.train import TrainedWindow, train_windows
 from tests.browser import chromium_unavailable, headless_chromium, save_full_page
@@ -61,12 +61,6 @@ class TrainedStore:
     experiment_id: str
     model_name: str
     trained: list[TrainedWindow]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class UIServer:
@@ -162,7 +156,7 @@ def store(chromium: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     uri = tracking_uri(root / "store")
     MlflowClient(uri).search_experiments()  # create the schema before two processes open it
     settings = replace(Settings.from_env(), mlflow_tracking_uri=uri)
-    server = UIServer(uri, _free_port(), root / "mlflow-ui.log")
+    server = UIServer(uri, free_port(), root / "mlflow-ui.log")
     previous_uri = mlflow.get_tracking_uri()
     try:
         write_generated_windows(root / "windows", ROWS)

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from infra.demo import SEED_EXAMPLE
-from infra.kafka_broker import cluster_answers, free_port_pair, running_broker
+from infra.kafka_broker import cluster_answers, free_port, free_port_pair, running_broker
 from pipelines.config import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -29,12 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 ALIASES = ("model1", "model2", "model3")
 # Settings a developer's shell may carry that would point the clone at someone else's services.
 INHERITED = ("KAFKA_", "MLFLOW_", "SERVING_", "SPARK_", "PYSPARK_")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _clean_env(kafka_port: int, serving_port: int) -> dict[str, str]:
@@ -138,7 +131,7 @@ def clone(tmp_path: Path) -> Path:
 
 
 def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
-    kafka_port, serving_port = free_port_pair(), _free_port()
+    kafka_port, serving_port = free_port_pair(), free_port()
     env = _clean_env(kafka_port, serving_port)
     log = tmp_path / "quickstart.log"
     try:

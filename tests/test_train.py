@@ -10,7 +10,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from sklearn.metrics import adjusted_rand_score
 
+from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.features import CLEANING_RULES, clean, customer_features
 from pipelines.registry import model_uri
@@ -420,7 +420,7 @@ def test_training_against_a_tracking_server_over_http(
     training: Training, spark: SparkSession, tmp_path: Path
 ) -> None:
     """MLFLOW_TRACKING_URI=http://...: runs, artifacts (proxied) and registry through the server."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
@@ -457,12 +457,6 @@ def test_training_against_a_tracking_server_over_http(
         mlflow.set_tracking_uri(previous_uri)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_health(uri: str, timeout: float = 60.0) -> None:
