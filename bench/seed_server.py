@@ -15,7 +15,7 @@ from flask import Flask, jsonify, request
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 
 
 def create_app(model_uri: str) -> Flask:

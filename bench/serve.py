@@ -43,7 +43,7 @@ import requests
 
 from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 
 SEED_RECORD = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 Rows = list[tuple[int, float, int]]

@@ -22,10 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from infra.kafka_broker import fetch_runtime
-from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.generate import write_dataset
-from pipelines.produce import ensure_topic, replay
-from pipelines.windows import combine_digests, read_manifests
+from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
+from pipelines.data.generator import write_dataset
+from pipelines.ingest.producer import ensure_topic, replay
+from pipelines.ingest.window_files import combine_digests, read_manifests
 
 
 def pipeline_throughput(dataset: Path, settings: Settings, work: Path) -> dict[str, float]:
@@ -37,7 +37,7 @@ def pipeline_throughput(dataset: Path, settings: Settings, work: Path) -> dict[s
             "-m",
             "pipelines.consume",
             "--windows",
-            "3",
+            str(DEFAULT_WINDOWS),
             "--no-progress",
             "--topic",
             settings.kafka_topic,

@@ -33,14 +33,15 @@ import mlflow
 from mlflow import MlflowClient
 from pyspark.ml.evaluation import ClusteringEvaluator
 
-from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.features import clean, customer_features
-from pipelines.segmentation import PREDICTION_COL, build_pipeline
-from pipelines.train import spark_session, train_windows
-from pipelines.windows import window_path
+from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
+from pipelines.ingest.window_files import window_path
+from pipelines.train import train_windows
+from pipelines.training.features import clean, customer_features
+from pipelines.training.recipe import PREDICTION_COL, build_pipeline
+from pipelines.training.session import spark_session
 from tests.spark_fixtures import tracking_uri, write_generated_windows
 
-WINDOWS = 3
+WINDOWS = DEFAULT_WINDOWS
 K_RANGE = (2, 8)
 SEED = 42
 GOAL_SECONDS = 45.0

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
-from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.windows import read_manifests
+from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
+from pipelines.ingest.window_files import read_manifests
 
 SERVER_PID = PROJECT_ROOT / "logs" / "demo-server.pid"
 SERVER_LOG = PROJECT_ROOT / "logs" / "demo-server.out"
@@ -183,7 +183,7 @@ def demo(port: int) -> None:
         )
         stage(
             "cut the stream into 3 windows",
-            lambda: python("-m", "pipelines.consume", "--windows", "3"),
+            lambda: python("-m", "pipelines.consume", "--windows", str(DEFAULT_WINDOWS)),
         )
         latest = stage("train and register (mlflow run . -e train)", lambda: train_latest(settings))
         started_server = stage("serve the registered models", lambda: serve(port))

@@ -1,4 +1,4 @@
-"""One place for configuration: environment variables with the defaults of DESIGN.md.
+"""One place for configuration: environment variables with their defaults (docs/architecture.md).
 
 CLI flags override these; every module asks `Settings.from_env()` instead of reading os.environ.
 """
@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# How many windows a replay is cut into, and so how many models a training registers (model1..3).
+DEFAULT_WINDOWS = 3
 
 
 def env_or(name: str, default: str) -> str:

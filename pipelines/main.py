@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 
 from pipelines import cli
-from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
 
 
 def run_step(entry_point: str, parameters: dict[str, object]) -> None:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="", help="a UCI Online Retail file; default: generate")
     parser.add_argument("--rows", type=int, default=541_909, help="rows to generate")
-    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=DEFAULT_WINDOWS)
     parser.add_argument("--mode", choices=("cumulative", "tumbling"), default="cumulative")
     args = parser.parse_args(argv)
     settings = Settings.from_env()

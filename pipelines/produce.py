@@ -2,159 +2,18 @@
 
     python -m pipelines.produce --input data/online_retail.csv [--rate ROWS_PER_S] [--limit ROWS]
 
-Delivery is idempotent and durable (acks=all, retries until `delivery_timeout_ms`), so a broker
-restart mid-replay neither loses nor duplicates a message. When the replay ends, an end-of-replay
-marker goes to every partition (see pipelines/messages.py).
+The producer itself is pipelines/ingest/producer.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
-from tqdm import tqdm
 
 from pipelines import cli
 from pipelines.config import Settings
-from pipelines.load import load_transactions
-from pipelines.messages import HEADER_FIELDS, encode_end, encode_invoice
-
-PRODUCER_CONFIG = {
-    "acks": "all",
-    "enable_idempotence": True,
-    "delivery_timeout_ms": 180_000,
-    "linger_ms": 20,
-    "batch_size": 512 * 1024,
-    "max_request_size": 8 * 1024 * 1024,
-}
-
-
-@dataclass(frozen=True)
-class ReplaySummary:
-    replay: str
-    rows: int
-    messages: int
-    bytes: int
-    seconds: float
-    malformed_lines: int
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds else float("inf")
-
-    def __str__(self) -> str:
-        return (
-            f"replay {self.replay}: {self.rows:,} rows in {self.messages:,} messages, "
-            f"{self.bytes / 1e6:,.1f} MB in {self.seconds:.2f} s "
-            f"({self.rows_per_second:,.0f} rows/s); {self.malformed_lines} malformed lines skipped"
-        )
-
-
-def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
-    """Create the topic with `partitions` partitions unless it exists (then it is left as is)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="retail-producer")
-    try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
-
-
-def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[int, list, list[tuple]]]:
-    """Yield (index of the first row, header, lines) for each run of rows sharing one invoice
-    header (InvoiceNo, InvoiceDate, CustomerID, Country)."""
-    header_columns = [frame[name] for name in HEADER_FIELDS]
-    codes = np.stack([pd.factorize(column)[0] for column in header_columns])
-    starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
-    invoices, dates, customers, countries = (c.iloc[starts] for c in header_columns)
-    headers = zip(
-        invoices.astype(str).tolist(),
-        np.datetime_as_string(dates.to_numpy("datetime64[s]")).tolist(),
-        _text_or_none(customers),
-        countries.astype(str).tolist(),
-        strict=True,
-    )
-    lines = list(
-        zip(
-            frame["StockCode"].astype(str).tolist(),
-            _text_or_none(frame["Description"]),
-            frame["Quantity"].astype("int64").tolist(),
-            frame["UnitPrice"].astype("float64").tolist(),
-            strict=True,
-        )
-    )
-    bounds = [*starts.tolist(), len(frame)]
-    for start, end, header in zip(bounds, bounds[1:], headers, strict=False):
-        yield start, list(header), lines[start:end]
-
-
-def _text_or_none(column: pd.Series) -> list[str | None]:
-    return column.astype(object).where(column.notna(), None).tolist()
-
-
-def replay(
-    path: Path,
-    settings: Settings,
-    rate: float = 0.0,
-    limit: int = 0,
-    partitions: int = 3,
-    progress: bool = True,
-) -> ReplaySummary:
-    """Send the file's rows (the first `limit` if > 0) at `rate` rows/s (0 = unthrottled)."""
-    loaded = load_transactions(path)
-    for line in loaded.malformed[:10]:
-        print(f"skipped malformed line {line.line}: {line.reason}", file=sys.stderr)
-    frame = loaded.frame.head(limit) if limit > 0 else loaded.frame
-    total = len(frame)
-    if total == 0:
-        raise ValueError(f"{path} holds no valid rows to replay")
-
-    ensure_topic(settings.kafka_bootstrap_servers, settings.kafka_topic, partitions)
-    producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id="retail-producer",
-        **PRODUCER_CONFIG,
-    )
-    replay_id = uuid.uuid4().hex[:12]
-    errors: list[Exception] = []
-    sent_rows = sent_bytes = messages = 0
-    started = time.perf_counter()
-    t0 = int(time.time() * 1000)
-    with tqdm(total=total, unit="rows", disable=not progress, desc="produce") as bar:
-        for seq, header, lines in invoice_messages(frame):
-            value = encode_invoice(replay_id, seq, total, t0, header, lines)
-            future = producer.send(settings.kafka_topic, key=header[0].encode(), value=value)
-            future.add_errback(errors.append)
-            messages += 1
-            sent_rows += len(lines)
-            sent_bytes += len(value)
-            bar.update(len(lines))
-            if rate > 0:
-                ahead = sent_rows / rate - (time.perf_counter() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-        end = encode_end(replay_id, total, t0)
-        for partition in sorted(producer.partitions_for(settings.kafka_topic)):
-            producer.send(settings.kafka_topic, value=end, partition=partition).add_errback(
-                errors.append
-            )
-        producer.flush()
-    producer.close()
-    if errors:
-        raise RuntimeError(f"{len(errors)} messages were not delivered; first: {errors[0]!r}")
-    seconds = time.perf_counter() - started
-    return ReplaySummary(replay_id, sent_rows, messages, sent_bytes, seconds, len(loaded.malformed))
+from pipelines.ingest.producer import replay
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 from serving.predictor import SegmentationModel, load_pipeline
 from serving.reload import ReloadBoard
 

@@ -14,7 +14,7 @@ import pydantic_core
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema, with_config
 from typing_extensions import TypedDict
 
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 
 # Beyond this, values are not plausible customer totals and float64 stops holding whole numbers.
 MAX_MAGNITUDE = 1e15

@@ -27,8 +27,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT
-from pipelines.schema import FEATURES
-from pipelines.segmentation import PREDICTION_COL, build_pipeline
+from pipelines.data.schema import FEATURES
+from pipelines.training.recipe import PREDICTION_COL, build_pipeline
 
 MODEL_NAME = "customer-segmentation"
 

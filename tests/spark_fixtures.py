@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from pipelines.generate import generate_dataset
-from pipelines.train import spark_session
-from pipelines.windows import Manifest, rows_digest, write_window
+from pipelines.config import DEFAULT_WINDOWS
+from pipelines.data.generator import generate_dataset
+from pipelines.ingest.window_files import Manifest, rows_digest, write_window
+from pipelines.training.session import spark_session
 
 TOPIC = "retail-transactions"
 PARTITIONS = 2
@@ -25,7 +26,7 @@ def local_spark() -> SparkSession:
 
 
 def write_generated_windows(
-    windows_dir: Path, rows: int, seed: int = 7, windows: int = 3
+    windows_dir: Path, rows: int, seed: int = 7, windows: int = DEFAULT_WINDOWS
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate `rows` transactions, write them as `windows` consecutive windows.
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.features import CLEANING_RULES, clean, customer_features
-from pipelines.generate import generate_dataset
-from pipelines.schema import COLUMNS, FEATURES
+from pipelines.data.generator import generate_dataset
+from pipelines.data.schema import COLUMNS, FEATURES
+from pipelines.training.features import CLEANING_RULES, clean, customer_features
 from tests.spark_fixtures import local_spark
 
 pytestmark = pytest.mark.spark

@@ -13,17 +13,17 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from pipelines.generate import (
+from pipelines.data.generator import (
     DEFAULT_ROWS,
     MIN_ROWS,
     SEGMENTS,
     generate_dataset,
-    main,
     segments_path,
     write_dataset,
 )
-from pipelines.load import load_transactions
-from pipelines.schema import COLUMNS
+from pipelines.data.load import load_transactions
+from pipelines.data.schema import COLUMNS
+from pipelines.generate import main
 
 ROWS = 50_000
 # The real file: 4,372 customers and 25,900 invoices in 541,909 lines.

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.load import LoadError, MalformedLine, load_transactions, main
-from pipelines.schema import COLUMNS
+from pipelines.data.load import LoadError, MalformedLine, load_transactions
+from pipelines.data.schema import COLUMNS
+from pipelines.load import main
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEADER = ",".join(COLUMNS)

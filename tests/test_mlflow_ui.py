@@ -35,7 +35,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.train import TrainedWindow, train_windows
+from pipelines.train import train_windows
+from pipelines.training.tracking import TrainedWindow
 from tests.browser import chromium_unavailable, headless_chromium, save_full_page
 from tests.spark_fixtures import local_spark, tracking_uri, write_generated_windows
 

@@ -10,7 +10,7 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 from serving.app import create_app
 from serving.settings import ServingSettings
 from tests.serving_fixtures import shared_store

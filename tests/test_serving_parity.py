@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.schema import FEATURES
-from pipelines.segmentation import build_pipeline
+from pipelines.data.schema import FEATURES
+from pipelines.training.recipe import build_pipeline
 from serving.predictor import SegmentationModel, UnsupportedModelError, load_pipeline
 from tests.serving_fixtures import (
     MODEL_NAME,

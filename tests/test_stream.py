@@ -20,11 +20,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka_broker import start_broker, stop_broker
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.consume import DEAD_LETTERS, consume
-from pipelines.generate import write_dataset
-from pipelines.load import load_transactions
-from pipelines.produce import ensure_topic, replay
-from pipelines.windows import combine_digests, read_manifests, read_window, rows_digest
+from pipelines.data.generator import write_dataset
+from pipelines.data.load import load_transactions
+from pipelines.ingest.consumer import DEAD_LETTERS, consume
+from pipelines.ingest.producer import ensure_topic, replay
+from pipelines.ingest.window_files import combine_digests, read_manifests, read_window, rows_digest
 
 pytestmark = pytest.mark.kafka
 

@@ -33,12 +33,15 @@ from sklearn.metrics import adjusted_rand_score
 
 from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.features import CLEANING_RULES, clean, customer_features
-from pipelines.registry import model_uri
-from pipelines.schema import FEATURES
-from pipelines.segmentation import PREDICTION_COL, build_pipeline
-from pipelines.train import TrainedWindow, candidate_ks, train_windows, training_windows
-from pipelines.windows import combine_digests, read_manifests, window_path
+from pipelines.data.schema import FEATURES
+from pipelines.ingest.window_files import combine_digests, read_manifests, window_path
+from pipelines.train import train_windows
+from pipelines.training.features import CLEANING_RULES, clean, customer_features
+from pipelines.training.fitting import training_windows
+from pipelines.training.recipe import PREDICTION_COL, build_pipeline
+from pipelines.training.registry import model_uri
+from pipelines.training.selection import candidate_ks
+from pipelines.training.tracking import TrainedWindow
 from tests.spark_fixtures import TOPIC, local_spark, tracking_uri, write_generated_windows
 
 pytestmark = pytest.mark.spark
@@ -477,7 +480,7 @@ def test_an_interrupted_session_start_stops_the_jvm_it_launched() -> None:
     # every child of the interrupted process is stopped. Run apart: it stops all its children.
     script = """
 import subprocess, sys
-from pipelines.train import _stop_children
+from pipelines.training.session import _stop_children
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 _stop_children()
 sys.exit(0 if child.wait(timeout=10) == -15 else 1)

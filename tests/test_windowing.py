@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.consume import WindowBuilder
-from pipelines.messages import PoisonMessage, encode_end, encode_invoice
+from pipelines.ingest.messages import PoisonMessage, encode_end, encode_invoice
+from pipelines.ingest.window_rule import WindowBuilder
 
 T0 = 1_700_000_000_000
 

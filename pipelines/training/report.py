@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from pyspark.ml import PipelineModel
 from scipy.optimize import linear_sum_assignment
 
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 
 COMPARISON_COLUMNS = (
     "measure",

@@ -15,7 +15,7 @@ from datetime import datetime
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 
 # name -> predicate that is true for a row the rule drops.
 CLEANING_RULES: dict[str, Callable[[], Column]] = {
@@ -71,7 +71,7 @@ def _iso(moment: datetime) -> str:
 
 
 def customer_features(rows: DataFrame) -> DataFrame:
-    """One row per customer: CustomerID and FEATURES, exactly as DESIGN.md defines them."""
+    """One row per customer: CustomerID and FEATURES, as docs/architecture.md defines them."""
     total_quantity, total_amount, num_invoices = FEATURES
     return rows.groupBy(F.trim("CustomerID").alias("CustomerID")).agg(
         F.sum("Quantity").cast("long").alias(total_quantity),

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from pipelines.schema import MESSAGE_SCHEMA_VERSION
+from pipelines.data.schema import MESSAGE_SCHEMA_VERSION
 
 HEADER_FIELDS = ("InvoiceNo", "InvoiceDate", "CustomerID", "Country")
 LINE_FIELDS = ("StockCode", "Description", "Quantity", "UnitPrice")

@@ -11,7 +11,7 @@ from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 
-from pipelines.schema import FEATURES
+from pipelines.data.schema import FEATURES
 
 # MLflow's pyfunc flavour (and so `mlflow models serve`) reads the Spark column "prediction".
 PREDICTION_COL = "prediction"

@@ -1,4 +1,4 @@
-"""The registry contract of DESIGN.md in one place, for the training job and the server.
+"""The registry contract (docs/architecture.md) in one place, for the training job and the server.
 
 Registered model `customer-segmentation`; each window's model is a new version; alias
 `model<i>` points at the version trained on the i-th window of the latest training. Nothing here

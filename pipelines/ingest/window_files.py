@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.schema import COLUMNS
+from pipelines.data.schema import COLUMNS
 
 # Parquet schema of every window file. Timestamps in microseconds: Spark reads those natively,
 # while nanosecond Parquet timestamps are refused.

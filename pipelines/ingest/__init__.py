@@ -1,0 +1,1 @@
+"""The ingestion stage: Kafka messages, producer, window rule, window files and consumer."""

@@ -1,0 +1,1 @@
+"""The training stage: features, the model recipe, k selection, MLflow tracking and the registry."""

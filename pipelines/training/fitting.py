@@ -1,0 +1,91 @@
+"""One window's fit: read its training set, clean it, build features, fit the candidates, choose.
+
+Model i is fitted on windows 1..i (cumulative) or window i alone (tumbling), read from the Parquet
+files the consumer wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import SparkSession
+from tqdm import tqdm
+
+from pipelines.data.schema import FEATURES
+from pipelines.ingest.window_files import window_path
+from pipelines.training import registry
+from pipelines.training.features import Cleaned, clean, customer_features
+from pipelines.training.report import ModelProfile
+from pipelines.training.selection import Candidate, best, candidate_ks, fit_candidates
+
+log = logging.getLogger(__name__)
+
+MODES = ("cumulative", "tumbling")
+
+
+def training_windows(window: int, mode: str) -> list[int]:
+    return list(range(1, window + 1)) if mode == "cumulative" else [window]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The choices one training applies to every window."""
+
+    mode: str = "cumulative"
+    k: int | None = None
+    k_range: tuple[int, int] = (2, 8)
+    seed: int = 42
+    max_iter: int = 50
+    distance_measure: str = "euclidean"
+    # The training covers windows first_window..N; its i-th window gets alias model<i>.
+    first_window: int = 1
+
+    def alias(self, window: int) -> str:
+        return registry.alias_for(window - self.first_window + 1)
+
+
+@dataclass(frozen=True)
+class WindowFit:
+    """One window's fitted candidates, before anything is logged."""
+
+    window: int
+    ids: list[int]
+    cleaned: Cleaned
+    customers: int
+    candidates: list[Candidate]
+    chosen: Candidate
+    example: pd.DataFrame
+    profile: ModelProfile
+
+
+def fit_window(
+    spark: SparkSession, windows_dir: Path, window: int, spec: Spec, progress: tqdm | None = None
+) -> WindowFit:
+    """Read the window's training set, clean it, build features, fit and choose the model."""
+    ids = training_windows(window, spec.mode)
+    cleaned = clean(spark.read.parquet(*[str(window_path(windows_dir, i)) for i in ids]))
+    features = customer_features(cleaned.rows).cache()
+    try:
+        customers = features.count()
+        ks = candidate_ks(spec.k, spec.k_range, customers)
+        log.info(
+            "window %d: windows %s, %d rows read, dropped %s; %d customers, k in %s",
+            window,
+            ids,
+            cleaned.rows_read,
+            cleaned.dropped,
+            customers,
+            ks,
+        )
+        candidates = fit_candidates(
+            features, customers, ks, spec.seed, spec.max_iter, spec.distance_measure, progress
+        )
+        example = features.select(*FEATURES).limit(5).toPandas()
+    finally:
+        features.unpersist()
+    chosen = best(candidates)
+    profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
+    return WindowFit(window, ids, cleaned, customers, candidates, chosen, example, profile)

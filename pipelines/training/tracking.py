@@ -1,0 +1,239 @@
+"""Log a fitted window as an MLflow run and register its model as a new version.
+
+Everything a person comparing models in the MLflow UI needs is logged here: params (the recipe's
+choices and the data's provenance), metrics per candidate k, the cluster reports and the whole
+Spark pipeline model with its signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from mlflow.utils.time import get_current_time_millis
+
+from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.ingest.window_files import Manifest, combine_digests
+from pipelines.training import registry
+from pipelines.training.features import CLEANING_RULES
+from pipelines.training.fitting import Spec, WindowFit
+from pipelines.training.recipe import PREDICTION_COL
+from pipelines.training.report import (
+    ModelProfile,
+    comparison_table,
+    plot_comparison,
+    plot_profile,
+    write_centers,
+)
+from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
+
+# Explicit, so no run pays MLflow's requirement inference (a subprocess, ~17 s per model).
+PIP_PACKAGES = ("mlflow", "pyspark", "pandas", "numpy", "pyarrow")
+
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec("long", "TotalQuantity"),
+            ColSpec("double", "TotalAmount"),
+            ColSpec("long", "NumInvoices"),
+        ]
+    ),
+    outputs=Schema([ColSpec("integer", PREDICTION_COL)]),
+)
+
+
+@dataclass(frozen=True)
+class TrainedWindow:
+    """What one window's training left in MLflow."""
+
+    window: int
+    run_id: str
+    version: int
+    alias: str
+    k: int
+    silhouette: float
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Logs a fitted window as an MLflow run and registers its model."""
+
+    client: MlflowClient
+    settings: Settings
+    experiment_id: str
+    parent_run_id: str | None
+    windows_dir: Path
+    manifests: dict[int, Manifest]
+    spec: Spec
+
+    def record(self, fit: WindowFit, previous: ModelProfile | None) -> TrainedWindow:
+        with mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=f"window-{fit.window}",
+            parent_run_id=self.parent_run_id,
+        ) as run:
+            run_id = run.info.run_id
+            self.client.log_batch(
+                run_id,
+                metrics=_metrics(fit.candidates, fit.chosen),
+                params=[Param(key, str(value)) for key, value in self._params(fit).items()],
+                tags=[RunTag(key, value) for key, value in self._tags(fit.window).items()],
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                self._log_reports(run_id, Path(tmp), fit.profile, previous)
+            mlflow.spark.log_model(
+                fit.chosen.model,
+                MODEL_ARTIFACT_PATH,
+                signature=SIGNATURE,
+                input_example=fit.example,
+                pip_requirements=[f"{p}=={installed_version(p)}" for p in PIP_PACKAGES],
+            )
+        chosen = fit.chosen
+        description = (
+            f"Window {fit.window} ({self.spec.mode}, trained on windows {_ids(fit.ids)}): "
+            f"k={chosen.k}, silhouette={chosen.silhouette:.4f}, {fit.cleaned.rows_kept} rows, "
+            f"{fit.customers} customers. Run {run_id}."
+        )
+        version = registry.register_version(
+            self.client,
+            self.settings.model_name,
+            run_id,
+            MODEL_ARTIFACT_PATH,
+            description,
+            tags={"window": fit.window, "mode": self.spec.mode, "k": chosen.k},
+        )
+        log.info(
+            "window %d: k=%d silhouette=%.4f -> %s version %s",
+            fit.window,
+            chosen.k,
+            chosen.silhouette,
+            self.settings.model_name,
+            version.version,
+        )
+        return TrainedWindow(
+            window=fit.window,
+            run_id=run_id,
+            version=int(version.version),
+            alias=self.spec.alias(fit.window),
+            k=chosen.k,
+            silhouette=chosen.silhouette,
+        )
+
+    def _params(self, fit: WindowFit) -> dict[str, object]:
+        spec, cleaned = self.spec, fit.cleaned
+        low, high = (spec.k, spec.k) if spec.k else spec.k_range
+        params: dict[str, object] = {
+            "k": fit.chosen.k,
+            "k_range": f"{low}..{high}",
+            "k_selection": "fixed" if spec.k else "silhouette",
+            "seed": spec.seed,
+            "max_iter": spec.max_iter,
+            "distance_measure": spec.distance_measure,
+            "silhouette_distance": SILHOUETTE_DISTANCE[spec.distance_measure],
+            "mode": spec.mode,
+            "windows": _ids(fit.ids),
+            "rows_read": cleaned.rows_read,
+            "rows": cleaned.rows_kept,
+            "customers": fit.customers,
+            **{f"dropped_{rule}": cleaned.dropped[rule] for rule in CLEANING_RULES},
+            "first_invoice_date": cleaned.first_invoice_date,
+            "last_invoice_date": cleaned.last_invoice_date,
+            "kafka_topic": ",".join(sorted({self.manifests[i].topic for i in fit.ids})),
+            "digest": combine_digests([self.manifests[i].digest for i in fit.ids]),
+        }
+        for i in fit.ids:
+            manifest = self.manifests[i]
+            offsets = ",".join(f"{p}:{s}-{e}" for p, (s, e) in sorted(manifest.offsets.items()))
+            params[f"window_{i}_offsets"] = offsets
+            params[f"window_{i}_digest"] = manifest.digest
+            params[f"window_{i}_rows"] = manifest.rows
+        return params
+
+    def _tags(self, window: int) -> dict[str, str]:
+        topics = sorted({m.topic for m in self.manifests.values()})
+        return {
+            "window": str(window),
+            "data_source": ",".join(f"kafka:{t}" for t in topics),
+            "windows_dir": str(self.windows_dir.resolve()),
+            "mlflow.source.git.commit": _git_commit(),
+        }
+
+    def _log_reports(
+        self, run_id: str, folder: Path, profile: ModelProfile, previous: ModelProfile | None
+    ) -> None:
+        write_centers(profile, folder / "cluster_centers.csv")
+        plot_profile(profile, folder / "cluster_profile.png")
+        if previous is None:
+            against = f"none: window {profile.window} is the first of this training"
+        else:
+            against = f"window-{previous.window} of this training"
+        table = comparison_table(profile, previous, against)
+        table.to_csv(folder / "comparison.csv", index=False)
+        plot_comparison(table, profile, previous, folder / "comparison.png")
+        self.client.log_artifacts(run_id, str(folder))
+
+
+def _metrics(candidates: list[Candidate], chosen: Candidate) -> list[Metric]:
+    now = get_current_time_millis()
+    kmeans = chosen.model.stages[-1]
+    metrics = [
+        Metric("silhouette", chosen.silhouette, now, 0),
+        Metric("training_cost", chosen.cost, now, 0),
+    ]
+    metrics += [Metric("silhouette_by_k", c.silhouette, now, c.k) for c in candidates]
+    metrics += [Metric("training_cost_by_k", c.cost, now, c.k) for c in candidates]
+    metrics += [
+        Metric(f"cluster_size_{cluster}", size, now, 0)
+        for cluster, size in enumerate(kmeans.summary.clusterSizes)
+    ]
+    return metrics
+
+
+def experiment_id(client: MlflowClient, settings: Settings) -> str:
+    """The experiment, created on first use; a SQLite store keeps its artifacts beside the file.
+
+    MLflow would put them under ./mlruns of whatever the working directory is. That is its own
+    default, kept when the database is in the working directory (`sqlite:///mlflow.db`).
+    """
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        if folder != Path.cwd().resolve():
+            location = (folder / "mlruns").as_uri()
+    return client.create_experiment(settings.experiment_name, artifact_location=location)
+
+
+@functools.cache  # the same for every window of a training
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def _ids(ids: list[int]) -> str:
+    return ",".join(str(i) for i in ids)
