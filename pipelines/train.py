@@ -112,7 +112,7 @@ def _manifests(windows_dir: Path, windows: int) -> dict[int, Manifest]:
 
 
 def parser(settings: Settings) -> argparse.ArgumentParser:
-    """The CLI, also parsed by tests/test_project_files.py against MLproject's train command."""
+    """The CLI; tests/project/test_project_files.py checks it against MLproject's train command."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.train", description=__doc__.split("\n\n")[0]
     )

@@ -5,7 +5,7 @@ A Spark model answers one row in ~100 ms because every request is a Spark job. T
 module reads them from the saved metadata (JSON) and data (Parquet) and predicts with numpy.
 
 The arithmetic is Spark 4's, operation for operation, so predictions are identical, ties and
-overflow included (tests/test_serving_parity.py checks it against Spark itself):
+overflow included (tests/serving/test_parity.py checks it against Spark itself):
 
 - `StandardScalerModel`: `(x - mean) * scale` with `scale = 1 / std`, or 0 where std is 0.
 - `KMeansModel` (mllib `EuclideanDistanceMeasure.findClosest` with the "statistics" bounds of

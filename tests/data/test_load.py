@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.config import PROJECT_ROOT
 from pipelines.data.load import LoadError, MalformedLine, load_transactions
 from pipelines.data.schema import COLUMNS
 from pipelines.load import main
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 HEADER = ",".join(COLUMNS)
 II_HEADER = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
 
