@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from infra.kafka_broker import free_port
+from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.data.schema import FEATURES
 

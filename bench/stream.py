@@ -21,7 +21,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from infra.kafka_broker import fetch_runtime
+from infra.kafka_runtime import fetch_runtime
 from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
 from pipelines.data.generator import write_dataset
 from pipelines.ingest.producer import ensure_topic, replay

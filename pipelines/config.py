@@ -1,18 +1,26 @@
 """One place for configuration: environment variables with their defaults (docs/architecture.md).
 
-CLI flags override these; every module asks `Settings.from_env()` instead of reading os.environ.
+CLI flags override these; every module asks `Settings.from_env()` instead of reading os.environ,
+infra/ included (the local broker's port, Kafka's jars, Java).
+
+    python -m pipelines.config          # every setting as this environment resolves it
+    python -m pipelines.config NAME     # one of them (the Makefile asks for mlflow_tracking_uri)
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # How many windows a replay is cut into, and so how many models a training registers (model1..3).
 DEFAULT_WINDOWS = 3
+# The local broker of `make kafka-up` listens on 127.0.0.1 only, on this port (controller: +1).
+LOCAL_HOST = "127.0.0.1"
+DEFAULT_KAFKA_PORT = 9092
 
 
 def env_or(name: str, default: str) -> str:
@@ -21,9 +29,14 @@ def env_or(name: str, default: str) -> str:
     return value or default
 
 
+def _path_or_none(name: str) -> Path | None:
+    value = env_or(name, "")
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
-    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_bootstrap_servers: str = f"{LOCAL_HOST}:{DEFAULT_KAFKA_PORT}"
     kafka_topic: str = "retail-transactions"
     kafka_group: str = "segmentation-windows"
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
@@ -31,6 +44,11 @@ class Settings:
     model_name: str = "customer-segmentation"
     experiment_name: str = "customer-segmentation"
     data_dir: Path = field(default=PROJECT_ROOT / "data")
+    # The local broker (infra/kafka_broker.py): its port, where its jars come from, its heap.
+    kafka_port: int = DEFAULT_KAFKA_PORT
+    kafka_home: Path | None = None  # an unpacked Kafka distribution; None: fetch through Maven
+    kafka_heap_opts: str = "-Xmx1g -Xms256m"
+    java_home: Path | None = None  # None: `java` on PATH
 
     @property
     def dataset(self) -> Path:
@@ -41,13 +59,22 @@ class Settings:
     def windows_dir(self) -> Path:
         return self.data_dir / "windows"
 
+    @property
+    def local_kafka(self) -> str:
+        """The address of the local broker `make kafka-up` (and `make test`) may start."""
+        return f"{LOCAL_HOST}:{self.kafka_port}"
+
+    @property
+    def kafka_is_local(self) -> bool:
+        """Whether the cluster is the local broker: else infra/ starts nothing and only checks."""
+        return self.kafka_bootstrap_servers == self.local_kafka
+
     @classmethod
     def from_env(cls) -> Settings:
+        kafka_port = int(env_or("KAFKA_PORT", str(cls.kafka_port)))
         return cls(
             # Unset, it is the local broker of `make kafka-up`, on KAFKA_PORT when that is set.
-            kafka_bootstrap_servers=env_or(
-                "KAFKA_BOOTSTRAP_SERVERS", f"localhost:{env_or('KAFKA_PORT', '9092')}"
-            ),
+            kafka_bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", f"{LOCAL_HOST}:{kafka_port}"),
             kafka_topic=env_or("KAFKA_TOPIC", cls.kafka_topic),
             kafka_group=env_or("KAFKA_GROUP", cls.kafka_group),
             mlflow_tracking_uri=env_or("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
@@ -55,4 +82,28 @@ class Settings:
             model_name=env_or("MODEL_NAME", cls.model_name),
             experiment_name=env_or("MLFLOW_EXPERIMENT_NAME", cls.experiment_name),
             data_dir=Path(env_or("DATA_DIR", str(PROJECT_ROOT / "data"))),
+            kafka_port=kafka_port,
+            kafka_home=_path_or_none("KAFKA_HOME"),
+            kafka_heap_opts=env_or("KAFKA_HEAP_OPTS", cls.kafka_heap_opts),
+            java_home=_path_or_none("JAVA_HOME"),
         )
+
+
+def main(argv: list[str]) -> int:
+    settings = Settings.from_env()
+    names = [f.name for f in fields(Settings)]
+    if argv:
+        unknown = [name for name in argv if name not in names]
+        if unknown:
+            print(f"unknown setting {unknown[0]!r}; one of: {', '.join(names)}", file=sys.stderr)
+            return 2
+        for name in argv:
+            print(getattr(settings, name))
+        return 0
+    for name in names:
+        print(f"{name:<24} {getattr(settings, name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

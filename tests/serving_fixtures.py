@@ -25,7 +25,7 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.sql import DataFrame, SparkSession
 
-from infra.kafka_broker import free_port
+from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT
 from pipelines.data.schema import FEATURES
 from pipelines.training.recipe import PREDICTION_COL, build_pipeline

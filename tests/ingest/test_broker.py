@@ -1,4 +1,6 @@
-"""The local broker of infra/kafka_broker.py: it serves, stops cleanly and keeps its data."""
+"""The local broker of infra/kafka_broker.py: it serves, stops cleanly and keeps its data; `up`
+(and the test session) start one only where the configuration names the local broker and none
+answers."""
 
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from infra.errors import BrokerError
+from infra.java import java_major
 from infra.kafka_broker import (
     Broker,
-    BrokerError,
-    fetch_runtime,
-    free_port_pair,
+    ensure_broker,
     main,
-    port_in_use,
+    running_broker,
     start_broker,
     stop_broker,
 )
+from infra.kafka_runtime import fetch_runtime
+from infra.ports import free_port_pair, port_in_use
+from pipelines.config import Settings
 
 pytestmark = pytest.mark.kafka
 
@@ -136,3 +141,44 @@ def test_kafka_home_without_libs_is_a_clear_error(tmp_path: Path, monkeypatch, c
     args = ["up", "--port", str(free_port_pair()), "--state-dir", str(tmp_path / "state")]
     assert main(args) == 1
     assert "error: KAFKA_HOME=" in capsys.readouterr().err
+
+
+def test_ensure_starts_a_broker_only_where_none_answers(tmp_path: Path, capsys):
+    port = free_port_pair()
+    settings = Settings(kafka_port=port, kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    bootstrap, started = ensure_broker(tmp_path / "first", settings=settings)
+    try:
+        assert started is not None and bootstrap == started.bootstrap == f"127.0.0.1:{port}"
+        assert running_broker(tmp_path / "first") == started
+
+        # Again from the same state dir: that broker, nothing new to stop later.
+        assert ensure_broker(tmp_path / "first", settings=settings) == (bootstrap, None)
+        # From another state dir: the broker answering there is used, nothing is started.
+        assert ensure_broker(tmp_path / "second", settings=settings) == (bootstrap, None)
+        assert "started elsewhere answers" in capsys.readouterr().out
+        assert not (tmp_path / "second" / "broker.pid").exists()
+    finally:
+        stop_broker(tmp_path / "first")
+
+
+def test_ensure_never_starts_a_broker_for_another_cluster(tmp_path: Path):
+    unanswered = f"127.0.0.1:{free_port_pair()}"
+    settings = Settings(kafka_bootstrap_servers=unanswered)
+    assert not settings.kafka_is_local
+
+    with pytest.raises(BrokerError, match=f"KAFKA_BOOTSTRAP_SERVERS={unanswered} is set but"):
+        ensure_broker(tmp_path, settings=settings)
+    assert not (tmp_path / "broker.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('java version "1.8.0_392"', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+        ("no version here", None),
+    ],
+)
+def test_java_major_version(output: str, major: int | None):
+    assert java_major(output) == major

@@ -33,7 +33,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from infra.kafka_broker import free_port
+from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.train import train_windows
 from pipelines.training.tracking import TrainedWindow

@@ -31,7 +31,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from sklearn.metrics import adjusted_rand_score
 
-from infra.kafka_broker import free_port
+from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import combine_digests, read_manifests, window_path
