@@ -1,6 +1,6 @@
 """Check a copy of the Online Retail file: rows, customers, invoices and malformed lines.
 
-    python -m pipelines.load PATH
+    python -m pipelines.load PATH   # a .csv or .xlsx file, a directory of them, or a glob
 
 The loader itself is pipelines/data/load.py.
 """
@@ -18,7 +18,11 @@ from pipelines.data.load import LoadError, load_transactions, summary
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", type=Path, help="a .csv or .xlsx Online Retail file")
+    parser.add_argument(
+        "path",
+        type=Path,
+        help="a .csv or .xlsx Online Retail file, a directory of them or a glob (name order)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

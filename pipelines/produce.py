@@ -1,6 +1,7 @@
 """Replay a dataset file into Kafka, one invoice per message, in file order.
 
     python -m pipelines.produce --input data/online_retail.csv [--rate ROWS_PER_S] [--limit ROWS]
+    python -m pipelines.produce --input 'data/by-day/*.csv'   # or a directory: name order
 
 The producer itself is pipelines/ingest/producer.py.
 """
@@ -13,13 +14,19 @@ from pathlib import Path
 
 from pipelines import cli
 from pipelines.config import Settings
+from pipelines.data.load import input_files
 from pipelines.ingest.producer import replay
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=settings.dataset)
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=settings.dataset,
+        help="a .csv or .xlsx file, a directory of them or a glob, read in name order",
+    )
     parser.add_argument("--topic", default=settings.kafka_topic)
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
     parser.add_argument("--rate", type=float, default=0.0, help="rows/s; 0 = as fast as possible")
@@ -29,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rate < 0 or args.limit < 0 or args.partitions < 1:
         parser.error("--rate and --limit must be >= 0 and --partitions >= 1")
-    if not args.input.exists():
-        parser.error(
-            f"--input {args.input} does not exist (generate one: python -m pipelines.generate)"
-        )
+    try:
+        input_files(args.input)  # a file, a directory of them or a glob: one at least
+    except FileNotFoundError as error:
+        parser.error(f"--input: {error} (generate one: python -m pipelines.generate)")
     settings = replace(
         settings, kafka_topic=args.topic, kafka_bootstrap_servers=args.bootstrap_servers
     )

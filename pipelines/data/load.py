@@ -2,14 +2,17 @@
 
 Why: every later stage needs the same columns and dtypes whatever copy it is given: CSV or Excel
 (every sheet), Online Retail or Online Retail II spellings, four- or two-digit years, UTF-8 or
-Latin-1. Real copies carry malformed lines; those are reported with their line numbers and
-skipped, never fatal. Only a missing file or a header that is not this schema's raises.
+Latin-1; one file, or a directory or glob of them read in name order, as Spark's own copy of this
+dataset ships (305 daily CSV files, ISO dates, float customer ids). Real copies carry malformed
+lines; those are reported with their file and line numbers and skipped, never fatal. Only a
+missing file or a header that is not this schema's raises.
 
 Speed matters because this feeds the streaming path, so there is no per-value Python: the csv
 module splits the fields, pandas converts each column at once, and the few values that fail to
-convert are mapped back to their physical lines.
+convert are mapped back to their physical lines. One module of ~370 lines on purpose: the CSV
+and Excel readers both produce the `_Block` that one converter types and reports from.
 
-    python -m pipelines.load PATH
+    python -m pipelines.load PATH        # a .csv or .xlsx file, a directory of them, or a glob
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import gc
+import glob
 import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,8 @@ from pipelines.data.schema import COLUMNS, canonical_name, is_cancellation
 
 # Tried in order on the values still unparsed: the real file's two spellings, then ISO 8601.
 DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%y %H:%M", "ISO8601")
+# What a directory or a glob contributes; other names (Spark's .crc, _SUCCESS) are passed by.
+SUFFIXES = (".csv", ".xlsx")
 # Where str.splitlines breaks but the csv module does not.
 _OTHER_LINE_BREAKS = ("\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
@@ -46,13 +52,21 @@ class MalformedLine:
     reason: str  # e.g. "expected 8 fields, got 7", "Quantity 'abc' is not an integer"
     raw: str  # the line's text as found (cells joined by commas for Excel)
     sheet: str | None = None  # Excel only: the sheet the row is on
+    file: str = ""  # the file the line is in
+
+    @property
+    def where(self) -> str:
+        """'data/2010-12-01.csv line 11', or "data/x.xlsx sheet 'Year 2010-2011' row 3"."""
+        place = f"sheet {self.sheet!r} row {self.line}" if self.sheet else f"line {self.line}"
+        return f"{self.file} {place}" if self.file else place
 
 
 @dataclass
 class LoadResult:
     frame: pd.DataFrame  # schema.COLUMNS in order, canonical dtypes (see `load_transactions`)
     malformed: list[MalformedLine] = field(default_factory=list)
-    source: str = ""
+    source: str = ""  # the path or pattern as given
+    files: list[str] = field(default_factory=list)  # what it named, in the order read
 
 
 @dataclass(frozen=True)
@@ -67,28 +81,49 @@ class _Block:
 
 
 def load_transactions(path: str | Path) -> LoadResult:
-    """Read a .csv or .xlsx Online Retail file.
+    """Read a .csv or .xlsx Online Retail file, or every one a directory or glob names.
 
-    The frame has exactly schema.COLUMNS, in that order, in file order: InvoiceNo, StockCode,
-    Description, Country as str (Description "" when empty); Quantity int64; InvoiceDate
-    datetime64[ns] (naive); UnitPrice float64; CustomerID str or None, with Excel's 17850.0
-    written 17850. Raises FileNotFoundError, or LoadError naming what is wrong with the header.
+    The frame has exactly schema.COLUMNS, in that order, in file order (files in name order):
+    InvoiceNo, StockCode, Description, Country as str (Description "" when empty); Quantity
+    int64; InvoiceDate datetime64[ns] (naive); UnitPrice float64; CustomerID str or None, with
+    Excel's 17850.0 written 17850. Raises FileNotFoundError, or LoadError naming the file and
+    what is wrong with its header.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such transactions file: {path}")
+    files = input_files(path)
     readers = {".csv": _read_csv, ".xlsx": _read_xlsx}
-    read = readers.get(path.suffix.lower())
-    if read is None:
-        raise LoadError(f"{path}: unsupported file type {path.suffix!r}; expected .csv or .xlsx")
     frames, malformed = [], []
     with _collector_paused():
-        for block in read(path):
-            frame, bad = _convert(block)
-            frames.append(frame)
-            malformed += sorted(block.malformed + bad, key=lambda m: m.line)
+        for file in files:
+            read = readers.get(file.suffix.lower())
+            if read is None:
+                raise LoadError(
+                    f"{file}: unsupported file type {file.suffix!r}; expected .csv or .xlsx"
+                )
+            for block in read(file):
+                frame, bad = _convert(block)
+                frames.append(frame)
+                found = sorted(block.malformed + bad, key=lambda m: m.line)
+                malformed += [replace(m, file=str(file)) for m in found]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return LoadResult(frame=frame, malformed=malformed, source=str(path))
+    return LoadResult(frame, malformed, str(path), [str(file) for file in files])
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """The files `path` names: itself; a directory's .csv and .xlsx files; or a glob pattern's
+    (``data/by-day/*.csv``); the last two in name order. FileNotFoundError when none."""
+    given = Path(path)
+    if given.is_file():
+        return [given]
+    if given.is_dir():
+        found, where = list(given.iterdir()), f"the directory {given}"
+    elif any(mark in str(path) for mark in "*?["):
+        found, where = [Path(name) for name in glob.glob(str(path))], f"the pattern {path}"
+    else:
+        raise FileNotFoundError(f"no such transactions file: {given}")
+    files = sorted((f for f in found if f.is_file() and f.suffix.lower() in SUFFIXES), key=str)
+    if not files:
+        raise FileNotFoundError(f"no .csv or .xlsx file in {where}")
+    return files
 
 
 @contextmanager
@@ -319,7 +354,8 @@ def summary(result: LoadResult, limit: int = 20) -> str:
     invoices = frame["InvoiceNo"].unique()
     cancelled = sum(map(is_cancellation, invoices))
     lines = [
-        f"source:        {result.source}",
+        f"source:        {result.source}"
+        + (f" ({len(result.files):,} files)" if len(result.files) > 1 else ""),
         f"rows:          {len(frame):,}",
         f"customers:     {frame['CustomerID'].nunique():,}",
         f"invoices:      {len(invoices):,}",
@@ -329,8 +365,7 @@ def summary(result: LoadResult, limit: int = 20) -> str:
         lines.append(f"dates:         {frame['InvoiceDate'].min()} .. {frame['InvoiceDate'].max()}")
     lines.append(f"malformed:     {len(result.malformed):,} lines")
     for bad in result.malformed[:limit]:
-        where = f"{bad.sheet!r} row {bad.line}" if bad.sheet else f"line {bad.line}"
-        lines.append(f"  {where}: {bad.reason}: {bad.raw}")
+        lines.append(f"  {bad.where}: {bad.reason}: {bad.raw}")
     if len(result.malformed) > limit:
         lines.append(f"  ... and {len(result.malformed) - limit:,} more")
     return "\n".join(lines)

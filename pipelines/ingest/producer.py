@@ -112,7 +112,7 @@ def replay(
     """Send the file's rows (the first `limit` if > 0) at `rate` rows/s (0 = unthrottled)."""
     loaded = load_transactions(path)
     for line in loaded.malformed[:10]:
-        print(f"skipped malformed line {line.line}: {line.reason}", file=sys.stderr)
+        print(f"skipped malformed {line.where}: {line.reason}", file=sys.stderr)
     frame = loaded.frame.head(limit) if limit > 0 else loaded.frame
     total = len(frame)
     if total == 0:

@@ -1,5 +1,6 @@
 """The loader on real samples and on hand-made files: columns, dtypes, both spellings, every date
-format, Excel with two sheets, Latin-1, and malformed lines reported with their exact numbers."""
+format, Excel with two sheets, Latin-1, malformed lines reported with their exact numbers, and a
+directory or glob of daily files as Spark's own sample of this dataset ships them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import PROJECT_ROOT
-from pipelines.data.load import LoadError, MalformedLine, load_transactions
+from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.data.generator import generate_dataset
+from pipelines.data.load import LoadError, MalformedLine, load_transactions, summary
 from pipelines.data.schema import COLUMNS
+from pipelines.ingest.producer import replay
 from pipelines.load import main
+from pipelines.produce import main as produce_main
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 HEADER = ",".join(COLUMNS)
@@ -173,7 +177,12 @@ def test_non_integral_quantity_is_malformed(tmp_path: Path) -> None:
     result = load_transactions(path)
     assert result.frame["Quantity"].tolist() == [3]
     assert result.malformed == [
-        MalformedLine(2, "Quantity '1.5' is not an integer", "1,A,D,1.5,12/1/2010 8:26,1,,UK")
+        MalformedLine(
+            2,
+            "Quantity '1.5' is not an integer",
+            "1,A,D,1.5,12/1/2010 8:26,1,,UK",
+            file=str(path),
+        )
     ]
 
 
@@ -305,3 +314,88 @@ def test_cli_error_is_one_line_not_a_traceback(
         main([str(tmp_path / "missing.csv")])
     assert exit_info.value.code == 2
     assert "no such transactions file" in capsys.readouterr().err
+
+
+def daily_files(directory: Path, days: int = 4) -> pd.DataFrame:
+    """The first `days` days of a generated dataset written as Spark's sample of it ships: one CSV
+    per day named by its ISO date, ISO timestamps, customer ids as floats (17850.0), plus the
+    .crc and _SUCCESS files Spark writes beside them. Returns those days' rows, in file order."""
+    frame, _ = generate_dataset(1000, 3)
+    day = frame["InvoiceDate"].dt.strftime("%Y-%m-%d")
+    kept = frame[day.isin(sorted(day.unique())[:days])].reset_index(drop=True)
+    spark_style = kept.assign(
+        InvoiceDate=kept["InvoiceDate"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+        CustomerID=[f"{float(c)}" if c else "" for c in kept["CustomerID"]],
+    )
+    directory.mkdir()
+    for name, rows in spark_style.groupby(day[: len(kept)].to_numpy()):
+        rows.to_csv(directory / f"{name}.csv", index=False)
+        (directory / f".{name}.csv.crc").write_bytes(b"crc")
+    (directory / "_SUCCESS").write_text("")
+    return kept
+
+
+def test_a_directory_of_daily_files_reads_in_name_order(tmp_path: Path) -> None:
+    expected = daily_files(tmp_path / "by-day")
+    result = load_transactions(tmp_path / "by-day")
+
+    assert_canonical(result.frame)
+    pd.testing.assert_frame_equal(result.frame, expected)
+    assert result.malformed == []
+    names = [Path(f).name for f in result.files]
+    assert len(names) == 4 and names == sorted(names) and all(n.endswith(".csv") for n in names)
+    assert result.source == str(tmp_path / "by-day")
+    assert "(4 files)" in summary(result)
+
+
+def test_a_glob_reads_the_files_it_matches(tmp_path: Path) -> None:
+    expected = daily_files(tmp_path / "by-day")
+    # Beside the daily files, a CSV the pattern leaves out (it would not even load).
+    write(tmp_path / "by-day" / "notes.csv", "not,a,header")
+
+    result = load_transactions(tmp_path / "by-day" / "2*.csv")
+
+    assert len(result.files) == 4 and "notes.csv" not in str(result.files)
+    pd.testing.assert_frame_equal(result.frame, expected)
+    with pytest.raises(LoadError, match="notes.csv: not an Online Retail header"):
+        load_transactions(tmp_path / "by-day")
+
+
+def test_malformed_lines_name_their_file(tmp_path: Path) -> None:
+    daily_files(tmp_path / "by-day")
+    second = sorted((tmp_path / "by-day").glob("2*.csv"))[1]
+    with second.open("a") as handle:
+        handle.write("536999,85123A,HEART,many,2010-12-02 08:26:00,2.55,17850.0,France\n")
+    lines = len(second.read_text().splitlines())
+
+    result = load_transactions(tmp_path / "by-day")
+
+    (bad,) = result.malformed
+    assert (bad.file, bad.line) == (str(second), lines)
+    assert bad.where == f"{second} line {lines}"
+    assert f"  {second} line {lines}: Quantity 'many' is not an integer: 536999," in summary(result)
+
+
+def test_an_empty_directory_or_a_glob_matching_nothing_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no data here")
+    with pytest.raises(FileNotFoundError, match="no .csv or .xlsx file in the directory"):
+        load_transactions(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"no .csv or .xlsx file in the pattern .*\*\.csv"):
+        load_transactions(tmp_path / "empty" / "*.csv")
+    with pytest.raises(SystemExit) as exit_info:
+        produce_main(["--input", str(tmp_path / "empty" / "*.csv")])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.kafka
+def test_the_producer_replays_a_directory_of_daily_files(
+    tmp_path: Path, kafka_bootstrap: str, unique_topic
+) -> None:
+    expected = daily_files(tmp_path / "by-day")
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, kafka_topic=unique_topic("daily"))
+
+    done = replay(tmp_path / "by-day", settings, partitions=1, progress=False)
+
+    assert done.rows == len(expected) and done.malformed_lines == 0
+    assert done.messages == expected["InvoiceNo"].nunique()
