@@ -16,9 +16,11 @@ from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.consumer import consume
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = Settings.from_env()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    """The CLI; tests/project/test_project_files.py checks its defaults against MLproject's."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.consume", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--windows",
         type=int,
@@ -35,11 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
     parser.add_argument("--group", default=settings.kafka_group)
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
+    cli_parser = parser(settings)
+    args = cli_parser.parse_args(argv)
     if min(args.windows, args.until_window, args.window_rows, args.window_seconds) < 0:
-        parser.error("--windows, --until-window, --window-rows and --window-seconds must be >= 0")
+        cli_parser.error(
+            "--windows, --until-window, --window-rows and --window-seconds must be >= 0"
+        )
     if args.window_rows and args.window_seconds:
-        parser.error("choose one of --window-rows and --window-seconds")
+        cli_parser.error("choose one of --window-rows and --window-seconds")
     settings = replace(
         settings,
         kafka_topic=args.topic,

@@ -24,17 +24,23 @@ from pipelines.data.generator import (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    """The CLI; tests/project/test_project_files.py checks its defaults against MLproject's."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.generate", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="transaction lines")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument(
-        "--output", type=Path, help="CSV path (default <data_dir>/online_retail.csv)"
-    )
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, default=settings.dataset, help="CSV path")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cli_parser = parser(Settings.from_env())
+    args = cli_parser.parse_args(argv)
     if args.rows < MIN_ROWS:
-        parser.error(f"--rows must be at least {MIN_ROWS}")
-    output = args.output or Settings.from_env().dataset
+        cli_parser.error(f"--rows must be at least {MIN_ROWS}")
+    output = args.output
 
     started = time.perf_counter()
     frame, segments = generate_dataset(args.rows, args.seed)

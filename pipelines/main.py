@@ -16,6 +16,7 @@ import mlflow
 
 from pipelines import cli
 from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
+from pipelines.data.generator import DEFAULT_ROWS
 
 
 def run_step(entry_point: str, parameters: dict[str, object]) -> None:
@@ -42,14 +43,21 @@ def run_all(data: str, rows: int, windows: int, mode: str, settings: Settings) -
     run_step("train", {"windows-dir": settings.windows_dir, "windows": windows, "mode": mode})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    """The CLI; tests/project/test_project_files.py checks its defaults against MLproject's."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.main", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--data", default="", help="a UCI Online Retail file; default: generate")
-    parser.add_argument("--rows", type=int, default=541_909, help="rows to generate")
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows to generate")
     parser.add_argument("--windows", type=int, default=DEFAULT_WINDOWS)
     parser.add_argument("--mode", choices=("cumulative", "tumbling"), default="cumulative")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
+    args = parser(settings).parse_args(argv)
     with mlflow.start_run(run_name="main"):
         run_all(args.data, args.rows, args.windows, args.mode, settings)
     return 0

@@ -18,9 +18,11 @@ from pipelines.data.load import input_files
 from pipelines.ingest.producer import replay
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = Settings.from_env()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    """The CLI; tests/project/test_project_files.py checks its defaults against MLproject's."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.produce", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--input",
         type=Path,
@@ -33,13 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="replay only the first N rows")
     parser.add_argument("--partitions", type=int, default=3, help="when creating the topic")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
+    cli_parser = parser(settings)
+    args = cli_parser.parse_args(argv)
     if args.rate < 0 or args.limit < 0 or args.partitions < 1:
-        parser.error("--rate and --limit must be >= 0 and --partitions >= 1")
+        cli_parser.error("--rate and --limit must be >= 0 and --partitions >= 1")
     try:
         input_files(args.input)  # a file, a directory of them or a glob: one at least
     except FileNotFoundError as error:
-        parser.error(f"--input: {error} (generate one: python -m pipelines.generate)")
+        cli_parser.error(f"--input: {error} (generate one: python -m pipelines.generate)")
     settings = replace(
         settings, kafka_topic=args.topic, kafka_bootstrap_servers=args.bootstrap_servers
     )
