@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,13 +37,6 @@ def test_conda_env_is_python_311_jdk_17_and_the_pyproject_dependencies() -> None
     assert pip == pyproject_dependencies()
 
 
-def test_python_env_is_python_311_and_the_pyproject_dependencies() -> None:
-    python_env = yaml.safe_load((PROJECT_ROOT / "python_env.yaml").read_text())
-
-    assert python_env["python"] == "3.11"
-    assert python_env["dependencies"] == pyproject_dependencies()
-
-
 def test_pyproject_allows_the_python_of_the_environments() -> None:
     with open(PROJECT_ROOT / "pyproject.toml", "rb") as handle:
         requires = tomllib.load(handle)["project"]["requires-python"]
@@ -66,6 +61,23 @@ def test_every_parameter_is_typed_defaulted_and_used(name: str) -> None:
         assert "default" in spec, parameter
     module = shlex.split(entry["command"])[2]
     assert (PROJECT_ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_mlproject_defaults_are_the_cli_defaults(name: str) -> None:
+    """`mlflow run . -e <name>` and `python -m pipelines.<name>` without flags do the same."""
+    entry = mlproject()["entry_points"][name]
+    module = importlib.import_module(shlex.split(entry["command"])[2])
+    # The defaults of a shell with no variables set; MLflow runs entry points in the project dir.
+    cli = vars(module.parser(Settings()).parse_args([]))
+
+    for parameter, spec in entry["parameters"].items():
+        (flag,) = re.findall(rf"(--[\w-]+) \{{{re.escape(parameter)}\}}", entry["command"])
+        default = cli[flag.removeprefix("--").replace("-", "_")]
+        if isinstance(default, Path):
+            assert PROJECT_ROOT / spec["default"] == default, parameter
+        else:
+            assert (type(spec["default"]), spec["default"]) == (type(default), default), parameter
 
 
 def test_train_parameters_and_their_types() -> None:
