@@ -1,30 +1,47 @@
-"""Fixtures shared by every test file: the real Kafka broker (see infra/kafka_broker.py)."""
+"""Fixtures shared by every test file: the Kafka cluster the configuration names.
+
+The address comes from pipelines/config.py, as for every other part of the project:
+KAFKA_BOOTSTRAP_SERVERS, else the local broker on 127.0.0.1:KAFKA_PORT (see infra/kafka_broker.py).
+"""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.kafka_broker import Broker, cluster_answers, free_port_pair, start_broker, stop_broker
+from infra.errors import BrokerError
+from infra.kafka_broker import Broker, ensure_broker, running_broker, start_broker, stop_broker
+from infra.ports import free_port_pair
+from pipelines.config import PROJECT_ROOT
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+# Where the test session keeps the broker it starts: apart from `make kafka-up`'s .kafka/, so that
+# a broker running from here was started by a test session and is that session's to stop.
+SESSION_BROKER_DIR = PROJECT_ROOT / "test-artifacts" / "kafka"
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """The shared broker's bootstrap address; fails loudly (never skips) when it does not answer."""
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
-    if not cluster_answers(bootstrap, timeout=10):
-        pytest.fail(
-            f"no Kafka broker answers at {bootstrap}: run `make kafka-up` first "
-            "(or set KAFKA_BOOTSTRAP_SERVERS to a running cluster)",
-            pytrace=False,
-        )
-    return bootstrap
+def kafka_bootstrap() -> Iterator[str]:
+    """The configured cluster's bootstrap address, started for this session if need be.
+
+    When the configuration names the local broker and none answers there, one is started from
+    SESSION_BROKER_DIR and stopped when the session ends, so `make test` alone needs nothing
+    started first; a broker someone else started is used and left running. Another cluster
+    (KAFKA_BOOTSTRAP_SERVERS) that does not answer fails loudly: nothing is skipped.
+    """
+    try:
+        bootstrap, started = ensure_broker(SESSION_BROKER_DIR)
+    except BrokerError as error:
+        pytest.fail(f"no Kafka cluster for the tests: {error}", pytrace=False)
+    # One left running by a session that was killed is this session's to stop as well.
+    started = started or running_broker(SESSION_BROKER_DIR)
+    try:
+        yield bootstrap
+    finally:
+        if started is not None:
+            stop_broker(started.state_dir)
 
 
 @pytest.fixture
