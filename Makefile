@@ -1,34 +1,39 @@
 # The commands a person types. Every one of them is documented in README.md.
+# VERBOSE=1 (e.g. `make demo VERBOSE=1`) shows the output that otherwise goes to logs/ only.
 PYTHON  ?= python3.11
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-# `mlflow models serve` and `mlflow run` exec tools (uvicorn, python) from PATH: use the venv's.
+# `mlflow models serve` and `mlflow run` exec tools (uvicorn, python, uv) from PATH: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export VERBOSE
 
 .PHONY: demo stop clean install kafka-up kafka-down generate produce consume train pipeline serve \
         ui test lint bench-stream bench-train bench-serve
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
-	$(PY) -m infra.demo
+	@$(PY) -m infra.demo $(if $(VERBOSE),--verbose)
 
 # Stop what the demo started (its server, and the broker if the demo started it).
 stop:
 	$(PY) -m infra.demo stop
 
-# Remove generated data, the local MLflow store and the broker's data (stopping the broker first).
+# Remove generated data, the local MLflow store and the broker's data (stopping the broker first,
+# and the one a killed test session may have left running).
 clean:
-	-[ -x $(PY) ] && { $(PY) -m infra.demo stop; $(PY) -m infra.kafka_broker down; }
+	-[ -x $(PY) ] && { $(PY) -m infra.demo stop; $(PY) -m infra.kafka_broker down; \
+		$(PY) -m infra.kafka_broker down --state-dir test-artifacts/kafka; }
 	rm -rf .kafka mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
 install: $(VENV)/.installed
 
+# pip's output (and setuptools' editable-install banner) goes to logs/install.log.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+	@infra/logged.sh logs/install.log "install $(VENV): the project and its dev extras" sh -c \
+		'$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --upgrade pip && \
+		 $(PY) -m pip install -e ".[dev]"'
+	@touch $@
 
 kafka-up: install
 	$(PY) -m infra.kafka_broker up
@@ -56,9 +61,10 @@ serve: install
 	$(PY) -m serving $(SERVE_ARGS)
 
 ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	$(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -m pipelines.config mlflow_tracking_uri)" \
 		--host 127.0.0.1 --port "$${MLFLOW_UI_PORT:-5001}"
 
+# The tests start the Kafka broker they need when none answers, and stop it (tests/conftest.py).
 test: install
 	$(PY) -m pytest
 

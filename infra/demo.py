@@ -1,11 +1,16 @@
 """`make demo`: from a fresh clone to three served models, one narrated stage at a time.
 
-    python -m infra.demo        # broker, dataset, stream, 3 windows, train, serve, ask
+    python -m infra.demo [-v]   # broker, dataset, stream, 3 windows, train, serve, ask
     python -m infra.demo stop   # stop the server and the broker the demo started
 
 Run it again and it reuses what is there: the stream gets another replay, the consumer cuts the
 next three windows, training adds three versions and moves the aliases, and the running server
 picks them up. Ctrl-C stops what this run started; `make stop` stops everything the demo started.
+
+What the terminal shows: each stage's title, what its command prints on stdout (its own summary)
+and its duration. The rest (logging, progress bars, Spark's and MLflow's start-up lines) goes to
+logs/demo/<stage>.log only, unless `-v` (`make demo VERBOSE=1`); a stage that fails prints the
+end of its log.
 """
 
 from __future__ import annotations
@@ -18,56 +23,43 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
-from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
+from infra.processes import tail_file
+from infra.stages import LOG_DIR, Runner, StageFailed, stage
+from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings, env_or
 from pipelines.ingest.window_files import read_manifests
+from serving.settings import ServingSettings
 
 SERVER_PID = PROJECT_ROOT / "logs" / "demo-server.pid"
-SERVER_LOG = PROJECT_ROOT / "logs" / "demo-server.out"
+SERVER_LOG = LOG_DIR / "server.log"
 # Present while the broker runs because the demo started it: `stop` then stops it too.
 BROKER_MARK = PROJECT_ROOT / "logs" / "demo-started-broker"
 SEED_EXAMPLE = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 
 
-def stage(title: str, action: Callable[[], object]) -> object:
-    print(f"\n==> {title}", flush=True)
-    started = time.perf_counter()
-    result = action()
-    print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
-    return result
-
-
-def run(*command: str) -> None:
-    subprocess.run(command, cwd=PROJECT_ROOT, check=True)
-
-
-def python(*args: str) -> None:
-    run(sys.executable, *args)
-
-
-def dataset(settings: Settings) -> Path:
-    given = os.environ.get("DATA", "").strip()
+def dataset(runner: Runner, settings: Settings) -> Path:
+    given = env_or("DATA", "")
     if given:
         path = Path(given)
-        if not path.is_file():
-            raise SystemExit(f"DATA={given} is not a file")
+        if not path.exists():
+            raise StageFailed(f"DATA={given} does not exist")
         print(f"    using {path}")
         return path
     path = settings.dataset
     if path.exists():
         print(f"    reusing {path}")
     else:
-        python("-m", "pipelines.generate", "--output", str(path))
+        runner.python("generate", "-m", "pipelines.generate", "--output", str(path))
     return path
 
 
-def train_latest(settings: Settings) -> list[int]:
+def train_latest(runner: Runner, settings: Settings) -> list[int]:
     windows = [m.window for m in read_manifests(settings.windows_dir)]
     latest = windows[-3:]
-    run(
+    runner.run(
+        "train",
         "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
         "--experiment-name", settings.experiment_name,
         "-P", f"first-window={latest[0]}", "-P", f"windows={latest[-1]}",
@@ -93,7 +85,7 @@ def serve(port: int) -> bool:
             workers = json.load(response)["workers"]
         print(f"    reloaded by {workers['reloaded']} workers; still pending: {workers['pending']}")
         return False
-    SERVER_LOG.parent.mkdir(exist_ok=True)
+    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
     with SERVER_LOG.open("ab") as log:
         server = subprocess.Popen(
             # Poll often: the demo's next run moves the aliases and wants them picked up at once.
@@ -109,7 +101,7 @@ def serve(port: int) -> bool:
     except BaseException:  # Ctrl-C or never ready: no server is left behind untracked
         stop_server()
         raise
-    print(f"    server ready at http://127.0.0.1:{port} (pid {server.pid})")
+    print(f"    server ready at http://127.0.0.1:{port} (pid {server.pid}; log: {SERVER_LOG})")
     return True
 
 
@@ -121,9 +113,13 @@ def _wait_until_ready(server: subprocess.Popen, port: int) -> None:
             return
         except OSError:
             if server.poll() is not None:
-                raise SystemExit(f"the server exited; see {SERVER_LOG}") from None
+                raise StageFailed(_server_failure("the server exited")) from None
             time.sleep(0.5)
-    raise SystemExit(f"the server was not ready in 90 s; see {SERVER_LOG}")
+    raise StageFailed(_server_failure("the server was not ready in 90 s"))
+
+
+def _server_failure(what: str) -> str:
+    return f"--- last lines of {SERVER_LOG} ---\n{tail_file(SERVER_LOG, 40)}\nerror: {what}"
 
 
 def ask(port: int) -> None:
@@ -161,31 +157,48 @@ def stop_server() -> None:
 def stop_broker() -> None:
     """The broker, if a demo started it (`BROKER_MARK`)."""
     if BROKER_MARK.exists():
-        python("-m", "infra.kafka_broker", "down")
+        subprocess.run([sys.executable, "-m", "infra.kafka_broker", "down"], cwd=PROJECT_ROOT)
         BROKER_MARK.unlink()
 
 
-def demo(port: int) -> None:
+def broker(runner: Runner) -> None:
+    runner.python("broker", "-m", "infra.kafka_broker", "up")
+    if running_broker(DEFAULT_STATE_DIR) is None:  # a broker started elsewhere answered
+        BROKER_MARK.unlink(missing_ok=True)
+
+
+def demo(port: int, verbose: bool) -> None:
     settings = Settings.from_env()
-    started_broker = running_broker(DEFAULT_STATE_DIR) is None and not os.environ.get(
-        "KAFKA_BOOTSTRAP_SERVERS"
-    )
+    runner = Runner(verbose)
+    started_broker = settings.kafka_is_local and running_broker(DEFAULT_STATE_DIR) is None
     started_server = False
     if started_broker:  # marked first, so a Ctrl-C while it starts still stops it
         BROKER_MARK.parent.mkdir(exist_ok=True)
         BROKER_MARK.touch()
+    no_progress = () if verbose else ("--no-progress",)
     try:
-        stage("Kafka broker", lambda: python("-m", "infra.kafka_broker", "up"))
-        path = stage("dataset", lambda: dataset(settings))
+        stage("Kafka broker", lambda: broker(runner))
+        path = stage("dataset", lambda: dataset(runner, settings))
         stage(
             f"replay {path.name} into Kafka",
-            lambda: python("-m", "pipelines.produce", "--input", str(path)),
+            lambda: runner.python(
+                "produce", "-m", "pipelines.produce", "--input", str(path), *no_progress
+            ),
         )
         stage(
             "cut the stream into 3 windows",
-            lambda: python("-m", "pipelines.consume", "--windows", str(DEFAULT_WINDOWS)),
+            lambda: runner.python(
+                "consume",
+                "-m",
+                "pipelines.consume",
+                "--windows",
+                str(DEFAULT_WINDOWS),
+                *no_progress,
+            ),
         )
-        latest = stage("train and register (mlflow run . -e train)", lambda: train_latest(settings))
+        latest = stage(
+            "train and register (mlflow run . -e train)", lambda: train_latest(runner, settings)
+        )
         started_server = stage("serve the registered models", lambda: serve(port))
         stage("ask each model about the seed's customer", lambda: ask(port))
     except KeyboardInterrupt:
@@ -195,8 +208,15 @@ def demo(port: int) -> None:
         if started_broker:
             stop_broker()
         raise SystemExit(130) from None
+    except StageFailed as failure:
+        print(
+            f"{failure}\nThe demo stopped there; `make stop` stops what it started.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
     print(
         f"\nWindows {latest[0]}-{latest[-1]} are versions behind aliases model1..model3.\n"
+        f"Every stage's whole output:        {LOG_DIR.relative_to(PROJECT_ROOT)}/\n"
         "Compare the runs in the MLflow UI:  make ui   (then open http://127.0.0.1:5001)\n"
         "Run the demo again:                make demo  (adds three versions, moves the aliases)\n"
         "Stop everything the demo started:  make stop"
@@ -206,12 +226,15 @@ def demo(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", nargs="?", choices=("run", "stop"), default="run")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", 5000)))
+    parser.add_argument("--port", type=int, default=ServingSettings.from_env().port)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show every stage's whole output"
+    )
     args = parser.parse_args(argv)
     if args.action == "stop":
         stop()
     else:
-        demo(args.port)
+        demo(args.port, args.verbose)
     return 0
 
 

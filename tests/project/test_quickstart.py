@@ -20,12 +20,23 @@ import pytest
 import requests
 
 from infra.demo import SEED_EXAMPLE
-from infra.kafka_broker import cluster_answers, free_port, free_port_pair, running_broker
+from infra.kafka_broker import cluster_answers, running_broker
+from infra.ports import free_port, free_port_pair
 from pipelines.config import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ALIASES = ("model1", "model2", "model3")
+# What a first `make demo` used to print between its stages: pip's and setuptools' install
+# output, Spark's and MLflow's start-up lines. They belong in logs/, not on the terminal.
+NOISE = (
+    "Successfully installed",
+    "Your hostname",
+    "NativeCodeLoader",
+    "netlib",
+    "INFO mlflow",
+    "log4j",
+)
 # Settings a developer's shell may carry that would point the clone at someone else's services.
 INHERITED = ("KAFKA_", "MLFLOW_", "SERVING_", "SPARK_", "PYSPARK_")
 
@@ -36,7 +47,7 @@ def _clean_env(kafka_port: int, serving_port: int) -> dict[str, str]:
         for key, value in os.environ.items()
         if key == "KAFKA_HOME" or not key.startswith(INHERITED)
     }
-    for key in ("DATA", "VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MAKELEVEL"):
+    for key in ("DATA", "VERBOSE", "VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MAKELEVEL"):
         env.pop(key, None)
     env["KAFKA_PORT"] = str(kafka_port)
     env["SERVING_PORT"] = str(serving_port)
@@ -139,6 +150,9 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
         assert first.count("    done in ") == 7, "every stage reports its duration"
         assert f"starting Kafka broker on 127.0.0.1:{kafka_port}" in first
         assert _answered_versions(first) == {"model1": 1, "model2": 2, "model3": 3}, first[-3000:]
+        assert [noise for noise in NOISE if noise in first] == [], first
+        assert "Successfully installed" in (clone / "logs" / "install.log").read_text()
+        assert "=== Running command" in (clone / "logs" / "demo" / "train.log").read_text()
 
         # The server the demo left running answers each endpoint over real HTTP, as the seed did.
         for version, alias in enumerate(ALIASES, start=1):
