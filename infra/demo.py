@@ -29,6 +29,7 @@ from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
 from infra.processes import tail_file
 from infra.stages import LOG_DIR, Runner, StageFailed, stage
 from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings, env_or
+from pipelines.data.load import input_files
 from pipelines.ingest.window_files import read_manifests
 from serving.settings import ServingSettings
 
@@ -43,8 +44,10 @@ def dataset(runner: Runner, settings: Settings) -> Path:
     given = env_or("DATA", "")
     if given:
         path = Path(given)
-        if not path.exists():
-            raise StageFailed(f"DATA={given} does not exist")
+        try:
+            input_files(path)  # a file, a directory of them or a glob
+        except FileNotFoundError as error:
+            raise StageFailed(f"DATA={given}: {error}") from None
         print(f"    using {path}")
         return path
     path = settings.dataset
