@@ -14,6 +14,10 @@ git-ignored): config, data, logs and PID file, laid out in infra/kafka_state.py.
 Configuration comes from pipelines/config.py: ``KAFKA_PORT`` (default port),
 ``KAFKA_BOOTSTRAP_SERVERS`` (another cluster than the local broker: ``up`` starts nothing and only
 checks it answers), ``KAFKA_HOME``, ``JAVA_HOME``, ``KAFKA_HEAP_OPTS``.
+
+About 320 lines on purpose: the lifecycle (start, wait until it answers, stop exactly that PID,
+``ensure_broker``) and its CLI read best together; the runtime, the state dir, Java, ports and
+processes are modules of their own.
 """
 
 from __future__ import annotations
