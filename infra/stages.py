@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from infra.processes import tail_file
+from infra.processes import tail_text
 from pipelines.config import PROJECT_ROOT
 
 LOG_DIR = PROJECT_ROOT / "logs" / "demo"
@@ -49,6 +49,7 @@ class Runner:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab", buffering=0) as sink:
             sink.write(f"\n$ {shlex.join(command)}\n".encode())
+            start = sink.tell()  # earlier runs' output stays in the log, not in the error
             process = subprocess.Popen(
                 command,
                 cwd=PROJECT_ROOT,
@@ -62,8 +63,11 @@ class Runner:
                 _let_finish(process)
                 raise
         if code != 0:
+            with path.open("rb") as log:
+                log.seek(start)
+                output = tail_text(log.read().decode(errors="replace"), 40)
             raise StageFailed(
-                f"--- last lines of {path} ---\n{tail_file(path, 40)}\n"
+                f"--- last lines of {path} ---\n{output}\n"
                 f"error: {Path(command[0]).name} exited {code}: {shlex.join(command)}\n"
                 f"the whole output is in {path}"
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines import cli
 from pipelines.config import Settings
-from pipelines.data.load import input_files
+from pipelines.data.load import LoadError, input_files
 from pipelines.ingest.producer import replay
 
 
@@ -51,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(
         settings, kafka_topic=args.topic, kafka_bootstrap_servers=args.bootstrap_servers
     )
-    summary = replay(
-        args.input, settings, args.rate, args.limit, args.partitions, not args.no_progress
-    )
+    try:
+        summary = replay(
+            args.input, settings, args.rate, args.limit, args.partitions, not args.no_progress
+        )
+    except LoadError as error:  # not this schema's header: one line, not a traceback
+        cli_parser.exit(2, f"error: {error}\n")
     print(summary)
     return 0
 

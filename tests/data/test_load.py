@@ -389,6 +389,17 @@ def test_an_empty_directory_or_a_glob_matching_nothing_is_a_clear_error(tmp_path
     assert exit_info.value.code == 2
 
 
+def test_the_producer_refuses_a_foreign_header_in_one_line(tmp_path: Path, capsys) -> None:
+    daily_files(tmp_path / "by-day")
+    write(tmp_path / "by-day" / "2099-01-01.csv", "not,a,header")
+    with pytest.raises(SystemExit) as exit_info:
+        produce_main(["--input", str(tmp_path / "by-day")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'by-day' / '2099-01-01.csv'}: not an Online")
+    assert "Traceback" not in error
+
+
 @pytest.mark.kafka
 def test_the_producer_replays_a_directory_of_daily_files(
     tmp_path: Path, kafka_bootstrap: str, unique_topic
