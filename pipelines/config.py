@@ -56,3 +56,10 @@ class Settings:
             experiment_name=env_or("MLFLOW_EXPERIMENT_NAME", cls.experiment_name),
             data_dir=Path(env_or("DATA_DIR", str(PROJECT_ROOT / "data"))),
         )
+
+
+def sqlite_tracking_uri(folder: Path) -> str:
+    """The tracking URI of a SQLite MLflow store in `folder` (created if missing). Training keeps
+    the runs' artifacts beside the file (see pipelines/training/tracking.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder.resolve()}/mlflow.db"
