@@ -20,7 +20,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka_broker import start_broker, stop_broker
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.data.generator import write_dataset
 from pipelines.data.load import load_transactions
 from pipelines.ingest.consumer import DEAD_LETTERS, consume
 from pipelines.ingest.producer import ensure_topic, replay
@@ -29,16 +28,6 @@ from pipelines.ingest.window_files import combine_digests, read_manifests, read_
 pytestmark = pytest.mark.kafka
 
 ROWS = 60_000
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "retail.csv", rows=ROWS, seed=11)
-
-
-@pytest.fixture(scope="module")
-def input_digest(dataset: Path) -> str:
-    return rows_digest(load_transactions(dataset).frame)
 
 
 def _settings(bootstrap: str, topic: str, group: str = "windows") -> Settings:
