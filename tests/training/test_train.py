@@ -31,7 +31,7 @@ from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from infra.kafka_broker import free_port
 from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
@@ -142,6 +142,37 @@ def test_metrics_score_every_candidate_and_size_every_cluster(training: Training
         assert f"cluster_size_{t.k}" not in metrics
         assert sum(sizes) == int(training.run(t.window).data.params["customers"])
         assert min(sizes) > 0
+
+
+def test_silhouette_agrees_with_scikit_learn(training: Training, spark: SparkSession) -> None:
+    """Each logged silhouette, recomputed independently by scikit-learn on the same points.
+
+    Spark's ClusteringEvaluator measures squared Euclidean distance by default (the run says so in
+    `silhouette_distance`): a(i) and b(i) are mean *squared* distances, to the other points of
+    i's cluster and to the nearest other cluster. scikit-learn's `silhouette_score` with
+    metric="sqeuclidean" has the same definition (s(i) = 0 in a singleton cluster included), so
+    both must agree on the model's own scaled features and labels. Spark expands each mean as
+    |x|^2 - 2 x.mean(C) + mean(|y|^2) over cluster sums, scikit-learn sums pairwise distances: they
+    differ by rounding only (not at all on these few hundred customers, measured). The tolerance,
+    1e-9, leaves room for rounding on bigger data and is far below what a real difference moves:
+    one customer of a few hundred counted in another cluster moves the mean by ~1e-3, and plain
+    Euclidean distance (scikit-learn's default) moves it by 0.04-0.1 here.
+    """
+    for t in training.trained:
+        assert training.run(t.window).data.params["silhouette_distance"] == "squaredEuclidean"
+        model = mlflow.spark.load_model(f"models:/{NAME}/{t.version}")
+        kmeans = model.stages[-1]
+        columns = [kmeans.getFeaturesCol(), kmeans.getPredictionCol()]
+        scored = model.transform(_all_features(training, spark, t.window)).select(*columns)
+        rows = scored.toPandas()
+        points = np.stack([vector.toArray() for vector in rows[columns[0]]])
+        labels = rows[columns[1]].to_numpy()
+
+        assert len(set(labels)) == t.k
+        assert t.silhouette == pytest.approx(
+            silhouette_score(points, labels, metric="sqeuclidean"), abs=1e-9
+        )
+        assert t.silhouette != pytest.approx(silhouette_score(points, labels), abs=1e-6)
 
 
 def test_tags_name_window_source_and_commit(training: Training) -> None:
