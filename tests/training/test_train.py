@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -499,15 +500,83 @@ def _wait_for_health(uri: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"no MLflow server answered at {uri} within {timeout:.0f} s")
 
 
-def test_an_interrupted_session_start_stops_the_jvm_it_launched() -> None:
-    # The window where PySpark orphans its JVM is under a second wide; what closes it is that
-    # every child of the interrupted process is stopped. Run apart: it stops all its children.
-    script = """
-import subprocess, sys
-from pipelines.training.session import _stop_children
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-_stop_children()
-sys.exit(0 if child.wait(timeout=10) == -15 else 1)
+# Started as `python -c`: a SparkSession start that says whether Ctrl-C came while it waited.
+SESSION_START = """
+import sys
+from pipelines.training.session import spark_session
+try:
+    spark_session("local[1]")
+except KeyboardInterrupt:
+    sys.exit(130)  # interrupted while the session was starting
+sys.exit(3)  # the session was up before the interrupt arrived
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, timeout=60)
-    assert done.returncode == 0
+
+
+def test_an_interrupted_session_start_stops_the_jvm_it_launched(tmp_path: Path) -> None:
+    """Ctrl-C while PySpark waits for the JVM it launched: the JVM must not outlive the start.
+
+    PySpark starts the JVM with SIGINT ignored and waits for it to write its port; interrupted
+    there, it forgets the JVM, which would run on, orphaned (see training/session.py). The test
+    starts a real session in a process group of its own, waits until the gateway JVM is its
+    child, sends SIGINT to the group as a terminal's Ctrl-C does, and then reads /proc: no process
+    carrying this start's marker (every process it launched inherits it) may be left.
+    """
+    marker = f"SESSION_START_TEST={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    process = subprocess.Popen(
+        [sys.executable, "-c", SESSION_START],
+        cwd=PROJECT_ROOT,
+        env=os.environ | {name: value},
+        stdout=(tmp_path / "output").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        jvm = _wait_for_child_jvm(process, timeout=120)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+        output = (tmp_path / "output").read_text()
+        assert process.returncode == 130, f"not interrupted while starting:\n{output}"
+        deadline = time.monotonic() + 30  # the JVM runs its shutdown hooks first
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_with(marker) == [], f"left running (the JVM was {jvm}):\n{output}"
+    finally:
+        for pid in _processes_with(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_child_jvm(process: subprocess.Popen, timeout: float) -> int:
+    """The pid of the gateway JVM once it is `process`'s child: spark-submit has exec'd `java ...
+    SparkSubmit` (not the launcher JVM that only prints its command line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the session start ended before its JVM was seen"
+        for children in Path(f"/proc/{process.pid}/task").glob("*/children"):
+            for pid in map(int, _read(children).split()):
+                argv = _read(Path(f"/proc/{pid}/cmdline")).split("\0")
+                if Path(argv[0]).name == "java" and "org.apache.spark.deploy.SparkSubmit" in argv:
+                    return pid
+        time.sleep(0.01)
+    raise AssertionError(f"no gateway JVM under the session start within {timeout:.0f} s")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes (zombies have no environment left) whose environment holds `marker`."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        if marker in _read(environ).split("\0"):
+            found.append(int(environ.parent.name))
+    return found
+
+
+def _read(path: Path) -> str:
+    """A /proc file's text; empty if the process is gone or not ours to read."""
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
