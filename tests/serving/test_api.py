@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from flask import Flask
@@ -13,17 +14,15 @@ from flask.testing import FlaskClient
 from serving.app import create_app
 from serving.predictor import NearestCenter
 from serving.settings import ServingSettings
-from tests.serving_fixtures import free_port, shared_store
+from tests.serving_fixtures import free_port
+
+if TYPE_CHECKING:
+    from tests.conftest import Training
 
 pytestmark = pytest.mark.spark
 
 SEED = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 SEED_PATH = "/predict_cluster_model1"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return shared_store(tmp_path_factory.getbasetemp())
 
 
 def make_app(tracking_uri: str, log_dir: Path, **overrides) -> Flask:
@@ -85,15 +84,16 @@ def test_whole_float_invoice_count_is_accepted(client: FlaskClient) -> None:
     assert as_int == as_float
 
 
-def test_models_reports_version_run_window_k_silhouette_centers(client: FlaskClient) -> None:
+def test_models_reports_version_run_window_k_silhouette_centers(
+    client: FlaskClient, trained_store: Training
+) -> None:
     body = client.get("/models").get_json()
     assert body["model_name"] == "customer-segmentation"
-    for i, (alias, info) in enumerate(body["aliases"].items(), start=1):
-        assert alias == f"model{i}"
-        assert info["version"] == i and info["window"] == i and info["error"] is None
-        assert info["k"] == 2 + i  # the fixture trains k = 3, 4, 5
-        assert -1 <= info["silhouette"] <= 1
-        assert len(info["run_id"]) == 32
+    assert list(body["aliases"]) == [t.alias for t in trained_store.trained]
+    for t, info in zip(trained_store.trained, body["aliases"].values(), strict=True):
+        assert info["version"] == t.version and info["window"] == t.window
+        assert info["error"] is None and info["run_id"] == t.run_id
+        assert info["k"] == t.k and info["silhouette"] == pytest.approx(t.silhouette)
         assert info["features"] == ["TotalQuantity", "TotalAmount", "NumInvoices"]
         for space in ("scaled", "original_units"):
             assert len(info["centers"][space]) == info["k"]
