@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.predictor import NearestCenter
@@ -106,14 +107,46 @@ def test_health_and_ready(client: FlaskClient) -> None:
     assert ready.status_code == 200 and ready.get_json()["ready"] is True
 
 
-def test_metrics_count_requests_per_model_and_versions(client: FlaskClient) -> None:
-    client.post("/predict_cluster_model2", json=SEED)
+def metric(client: FlaskClient, name: str, **labels: str) -> float:
+    """A sample's value in GET /metrics (0 if absent). The metrics are process-wide: every app
+    the session makes counts into them, so tests compare before and after."""
     text = client.get("/metrics").get_data(as_text=True)
-    counter = 'serving_requests_total{endpoint="/predict_cluster_model2",method="POST",status="200"'
-    assert counter in text
-    assert 'serving_request_duration_seconds_bucket{endpoint="/predict_cluster_model2"' in text
-    assert 'serving_model_version{alias="model3"} 3.0' in text
-    assert 'serving_model_loaded{alias="model1"} 1.0' in text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_per_model_and_versions(
+    store: str, trained_store: Training, tmp_path: Path
+) -> None:
+    # A new app: loading its models sets the version gauges, whatever other apps set before.
+    client = make_app(store, tmp_path).test_client()
+    endpoint = "/predict_cluster_model2"
+    posts = {"name": "serving_requests_total", "endpoint": endpoint, "method": "POST"}
+    counted = {
+        "ok": posts | {"status": "200"},
+        "bad": posts | {"status": "400"},
+        "timed": {"name": "serving_request_duration_seconds_count", "endpoint": endpoint},
+        "rows": {"name": "serving_predicted_rows_total", "alias": "model2"},
+    }
+    before = {key: metric(client, **labels) for key, labels in counted.items()}
+
+    client.post(endpoint, json=SEED)
+    client.post(endpoint, json=[SEED] * 3)
+    client.post(endpoint, json={})
+
+    after = {key: metric(client, **labels) for key, labels in counted.items()}
+    assert {key: after[key] - before[key] for key in counted} == {
+        "ok": 2,
+        "bad": 1,
+        "timed": 3,
+        "rows": 4,
+    }
+    for t in trained_store.trained:
+        assert metric(client, "serving_model_version", alias=t.alias) == t.version
+        assert metric(client, "serving_model_loaded", alias=t.alias) == 1
 
 
 def test_openapi_document(client: FlaskClient) -> None:
