@@ -371,7 +371,7 @@ def synthetic_store(root: Path) -> str:
     """A temporary store with one registered version at alias model1 (fitted with Spark)."""
     import mlflow
 
-    from tests.serving_fixtures import MODEL_NAME, fit, local_spark, register, tracking_uri
+    from bench.synthetic import MODEL_NAME, fit, local_spark, register, tracking_uri
 
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)

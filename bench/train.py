@@ -33,13 +33,13 @@ import mlflow
 from mlflow import MlflowClient
 from pyspark.ml.evaluation import ClusteringEvaluator
 
-from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings
-from pipelines.ingest.window_files import window_path
+from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings, sqlite_tracking_uri
+from pipelines.data.generator import generate_dataset
+from pipelines.ingest.window_files import window_path, write_windows
 from pipelines.train import train_windows
 from pipelines.training.features import clean, customer_features
 from pipelines.training.recipe import PREDICTION_COL, build_pipeline
 from pipelines.training.session import spark_session
-from tests.spark_fixtures import tracking_uri, write_generated_windows
 
 WINDOWS = DEFAULT_WINDOWS
 K_RANGE = (2, 8)
@@ -84,7 +84,7 @@ def naive_train(windows_dir: Path, settings: Settings) -> None:
 
 def run_variant(variant: str, windows_dir: Path, store: Path, master: str) -> float:
     settings = replace(
-        Settings.from_env(), mlflow_tracking_uri=tracking_uri(store), spark_master=master
+        Settings.from_env(), mlflow_tracking_uri=sqlite_tracking_uri(store), spark_master=master
     )
     started = time.perf_counter()
     if variant == "fast":
@@ -113,7 +113,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
-        write_generated_windows(work / "windows", args.rows, args.seed)
+        frame, _ = generate_dataset(args.rows, args.seed)
+        write_windows(frame, work / "windows", replay=f"generated-{args.rows}-{args.seed}")
         print(f"{args.rows:,} generated rows in 3 windows in {time.perf_counter() - started:.1f} s")
         print(f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}", flush=True)
         seconds = {}

@@ -89,6 +89,13 @@ class Settings:
         )
 
 
+def sqlite_tracking_uri(folder: Path) -> str:
+    """The tracking URI of a SQLite MLflow store in `folder` (created if missing). Training keeps
+    the runs' artifacts beside the file (see pipelines/training/tracking.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder.resolve()}/mlflow.db"
+
+
 def main(argv: list[str]) -> int:
     settings = Settings.from_env()
     names = [f.name for f in fields(Settings)]

@@ -1,14 +1,19 @@
-"""Fixtures shared by every test file: the Kafka cluster the configuration names.
+"""Fixtures shared by the stages: the Kafka cluster the configuration names, the one
+SparkSession, fresh MLflow stores and trainings of generated data.
 
-The address comes from pipelines/config.py, as for every other part of the project:
+The broker address comes from pipelines/config.py, as for every other part of the project:
 KAFKA_BOOTSTRAP_SERVERS, else the local broker on 127.0.0.1:KAFKA_PORT (see infra/kafka_broker.py).
+Each stage's own fixtures are in its tests/<stage>/conftest.py. Spark and MLflow are imported
+inside the fixtures, so tests that need neither never load them.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +21,14 @@ from infra.errors import BrokerError
 from infra.kafka_broker import Broker, ensure_broker, running_broker, start_broker, stop_broker
 from infra.ports import free_port_pair
 from pipelines.config import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+    from pyspark.sql import SparkSession
+
+    from pipelines.config import Settings
+    from pipelines.training.tracking import TrainedWindow
 
 # Where the test session keeps the broker it starts: apart from `make kafka-up`'s .kafka/, so that
 # a broker running from here was started by a test session and is that session's to stop.
@@ -62,3 +75,78 @@ def unique_topic() -> Callable[[str], str]:
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """The training job's SparkSession on two cores (the machine is shared), one per test run."""
+    from pipelines.training.session import spark_session
+
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite MLflow store in the test's tmp dir. MLflow's process-wide tracking URI,
+    which `train_windows` sets, is put back afterwards."""
+    import mlflow
+
+    from pipelines.config import sqlite_tracking_uri
+
+    previous = mlflow.get_tracking_uri()
+    yield sqlite_tracking_uri(tmp_path / "store")
+    mlflow.set_tracking_uri(previous)
+
+
+@dataclass(frozen=True)
+class Training:
+    """What `pipelines.train.train_windows` left after training on generated windows."""
+
+    windows_dir: Path
+    transactions: pd.DataFrame
+    segments: pd.DataFrame  # the generator's true segment of every customer
+    settings: Settings
+    trained: list[TrainedWindow]
+
+    @property
+    def uri(self) -> str:
+        return self.settings.mlflow_tracking_uri
+
+    def run(self, window: int) -> Run:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri).get_run(self.trained[window - 1].run_id)
+
+
+@pytest.fixture(scope="session")
+def train_generated(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Training]:
+    """``train_generated(rows, seed, **train_windows_options)``: generate `rows` transactions, cut
+    them into three windows as the consumer would (`write_windows`) and train them with
+    `train_windows` into a new SQLite store. Callers keep the result for their module or session
+    and must not add versions to it or move its aliases: tests that do train into `tracking_uri`.
+    """
+    import mlflow
+
+    from pipelines.config import Settings, sqlite_tracking_uri
+    from pipelines.data.generator import generate_dataset
+    from pipelines.ingest.window_files import write_windows
+    from pipelines.train import train_windows
+
+    def train(rows: int, seed: int = 7, **options: object) -> Training:
+        root = tmp_path_factory.mktemp(f"trained-{rows}")
+        transactions, segments = generate_dataset(rows, seed)
+        write_windows(transactions, root / "windows", replay=f"generated-{rows}-{seed}")
+        uri = sqlite_tracking_uri(root / "store")
+        settings = replace(Settings.from_env(), mlflow_tracking_uri=uri)
+        previous = mlflow.get_tracking_uri()
+        try:
+            trained = train_windows(root / "windows", settings=settings, spark=spark, **options)
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return Training(root / "windows", transactions, segments, settings, trained)
+
+    return train

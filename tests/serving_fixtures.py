@@ -1,14 +1,13 @@
-"""Registered models for the serving tests and the benchmark, made the way training makes them.
+"""Helpers of the serving tests: the server as a process, and models fitted outside training.
 
-Until the suites switch to `pipelines.train.train_windows`, this fits `build_pipeline(k)` on
-synthetic, heavy-tailed customer features and registers each fit as a new version of the model,
-with the run parameters, metric and tag that `GET /models` reports (`k`, `silhouette`, `window`).
+The registered models the tests serve come from the training job (tests/serving/conftest.py);
+`fit` is for the tests of model shapes that training never makes: it fits `build_pipeline(k)`, or
+a variant, on synthetic heavy-tailed customer features.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import subprocess
@@ -20,33 +19,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import requests
-from mlflow import MlflowClient
 from pyspark.ml import PipelineModel
-from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.sql import DataFrame, SparkSession
 
 from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT
 from pipelines.data.schema import FEATURES
-from pipelines.training.recipe import PREDICTION_COL, build_pipeline
+from pipelines.training.recipe import build_pipeline
 
 MODEL_NAME = "customer-segmentation"
-
-# Without explicit requirements, each log_model infers them in a subprocess (~17 s).
-PIP_REQUIREMENTS = ["pyspark>=4.0,<5", "mlflow>=3.17,<4"]
-
-
-def local_spark() -> SparkSession:
-    """A small local session: 2 cores, no UI, few shuffle partitions."""
-    return (
-        SparkSession.builder.master("local[2]")
-        .appName("serving-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.host", "127.0.0.1")
-        .getOrCreate()
-    )
 
 
 def synthetic_features(n: int, seed: int = 0) -> np.ndarray:
@@ -73,73 +54,6 @@ def fit(spark: SparkSession, k: int, seed: int, n: int = 2000, **kwargs) -> Pipe
     )
 
 
-def register(
-    spark: SparkSession,
-    model: PipelineModel,
-    *,
-    model_name: str,
-    alias: str,
-    window: int,
-    k: int,
-    seed: int = 0,
-) -> str:
-    """Log `model` in a run like training does, register it as a new version, point `alias` at it.
-
-    Returns the new version number. The tracking URI must already be set.
-    """
-    frame = model.transform(features_frame(spark, synthetic_features(500, seed)))
-    silhouette = ClusteringEvaluator(featuresCol="features", predictionCol=PREDICTION_COL).evaluate(
-        frame
-    )
-    experiment_id = _experiment_id(model_name)
-    with mlflow.start_run(run_name=f"window-{window}", experiment_id=experiment_id) as run:
-        mlflow.log_params({"k": k, "window": window})
-        mlflow.log_metric("silhouette", silhouette)
-        mlflow.set_tag("window", str(window))
-        info = mlflow.spark.log_model(
-            model, "model", registered_model_name=model_name, pip_requirements=PIP_REQUIREMENTS
-        )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    client.set_registered_model_alias(model_name, alias, version)
-    assert client.get_model_version(model_name, version).run_id == run.info.run_id
-    return version
-
-
-def register_three(spark: SparkSession, model_name: str, ks: tuple[int, ...] = (3, 4, 5)) -> None:
-    """Versions 1..3 with aliases model1..3, as a fresh training over three windows leaves them."""
-    for window, k in enumerate(ks, start=1):
-        register(
-            spark,
-            fit(spark, k, seed=window),
-            model_name=model_name,
-            alias=f"model{window}",
-            window=window,
-            k=k,
-            seed=window,
-        )
-
-
-@functools.cache
-def shared_store(base: Path) -> str:
-    """A store under `base` with versions 1..3 and aliases model1..3; built once per test run.
-
-    Returns its tracking URI. Test modules call this from their own fixtures (with
-    `tmp_path_factory.getbasetemp()`), so the ~1 minute of Spark fitting and logging is paid once.
-    Tests must not change this store: the ones that move aliases make their own.
-    """
-    root = base / "serving-store"
-    root.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri(root)
-    with tracking(uri):
-        register_three(local_spark(), MODEL_NAME)
-    return uri
-
-
-def tracking_uri(root: Path) -> str:
-    return f"sqlite:///{root}/mlflow.db"
-
-
 @contextlib.contextmanager
 def tracking(uri: str) -> Iterator[None]:
     """Point MLflow at `uri` for the duration of the block."""
@@ -149,21 +63,6 @@ def tracking(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
-
-
-def _experiment_id(name: str) -> str:
-    """The experiment's id, creating it with artifacts beside a sqlite store's database.
-
-    (MLflow's default would be ./mlruns of whatever the working directory is.) Not
-    mlflow.set_experiment: that exports MLFLOW_EXPERIMENT_ID to os.environ, and every later
-    `mlflow run --experiment-name` subprocess of the session would refuse to start.
-    """
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    uri = mlflow.get_tracking_uri()
-    location = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
-    return mlflow.create_experiment(name, artifact_location=location.as_uri())
 
 
 def wait_for(url: str, status: int = 200, timeout: float = 60.0) -> requests.Response:

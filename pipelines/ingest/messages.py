@@ -25,12 +25,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
+import pandas as pd
 
 from pipelines.data.schema import MESSAGE_SCHEMA_VERSION
 
 HEADER_FIELDS = ("InvoiceNo", "InvoiceDate", "CustomerID", "Country")
 LINE_FIELDS = ("StockCode", "Description", "Quantity", "UnitPrice")
+
+
+def invoice_starts(frame: pd.DataFrame) -> np.ndarray:
+    """The index of each message's first row: a message is a run of consecutive rows sharing one
+    header (HEADER_FIELDS, a missing value equal to a missing value)."""
+    if frame.empty:
+        return np.array([], dtype=np.int64)
+    codes = np.stack([pd.factorize(frame[name])[0] for name in HEADER_FIELDS])
+    return np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
 
 
 class PoisonMessage(ValueError):

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipelines.config import Settings
 from pipelines.data.load import load_transactions
-from pipelines.ingest.messages import HEADER_FIELDS, encode_end, encode_invoice
+from pipelines.ingest.messages import HEADER_FIELDS, encode_end, encode_invoice, invoice_starts
 
 PRODUCER_CONFIG = {
     "acks": "all",
@@ -73,8 +73,7 @@ def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[int, list, list[tupl
     """Yield (index of the first row, header, lines) for each run of rows sharing one invoice
     header (InvoiceNo, InvoiceDate, CustomerID, Country)."""
     header_columns = [frame[name] for name in HEADER_FIELDS]
-    codes = np.stack([pd.factorize(column)[0] for column in header_columns])
-    starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
+    starts = invoice_starts(frame)
     invoices, dates, customers, countries = (c.iloc[starts] for c in header_columns)
     headers = zip(
         invoices.astype(str).tolist(),

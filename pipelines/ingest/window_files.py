@@ -9,6 +9,7 @@ offsets, is the source of truth on restart: it says where in each partition the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.data.schema import COLUMNS
+from pipelines.ingest.messages import invoice_starts
 
 # Parquet schema of every window file. Timestamps in microseconds: Spark reads those natively,
 # while nanosecond Parquet timestamps are refused.
@@ -146,6 +149,55 @@ def write_window(frame: pd.DataFrame, windows_dir: Path, manifest: Manifest) -> 
     with _atomic_target(manifest_path(windows_dir, manifest.window)) as tmp:
         tmp.write_text(manifest.to_json())
     return manifest
+
+
+def write_windows(
+    frame: pd.DataFrame,
+    windows_dir: Path,
+    windows: int = DEFAULT_WINDOWS,
+    *,
+    topic: str = Settings.kafka_topic,
+    partitions: int = 3,
+    replay: str = "offline",
+) -> list[Manifest]:
+    """Write `frame` as `windows` consecutive windows with their manifests, as the consumer leaves
+    a replay of it, without Kafka: to train on a file directly (`pipelines.train` reads only the
+    window files), as the benchmarks and tests do.
+
+    The rows are cut by the consumer's rule (pipelines/ingest/window_rule.py): the invoice whose
+    first row is row `seq` falls in window `seq // ceil(rows / windows)`, and no invoice is split.
+    The offsets are those of one message per invoice sent round-robin to `partitions` partitions
+    of a new topic; the producer keys messages by InvoiceNo, so a real topic spreads them
+    otherwise, but the ranges tile each partition in the same way.
+    """
+    starts = invoice_starts(frame)
+    size = math.ceil(len(frame) / windows) if windows > 0 else 0
+    # Message index where each window begins, and its end.
+    bounds = np.searchsorted(starts // max(size, 1), np.arange(windows + 1))
+    if windows < 1 or (np.diff(bounds) == 0).any():
+        raise ValueError(f"cannot cut {len(frame)} rows of {len(starts)} invoices in {windows}")
+    row_starts = [*starts.tolist(), len(frame)]
+
+    def sent_to(partition: int, messages: int) -> int:
+        """How many of the first `messages` messages went to `partition`."""
+        return len(range(partition, messages, partitions))
+
+    manifests = []
+    for index, (first, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        part = frame.iloc[row_starts[first] : row_starts[end]]
+        manifest = Manifest(
+            window=index + 1,
+            topic=topic,
+            offsets={p: [sent_to(p, first), sent_to(p, end)] for p in range(partitions)},
+            rows=len(part),
+            digest=rows_digest(part),
+            first_invoice_date=str(part["InvoiceDate"].min()),
+            last_invoice_date=str(part["InvoiceDate"].max()),
+            replay=replay,
+            replay_window=index,
+        )
+        manifests.append(write_window(part, windows_dir, manifest))
+    return manifests
 
 
 def read_window(windows_dir: Path, index: int) -> pd.DataFrame:

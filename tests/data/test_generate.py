@@ -31,16 +31,6 @@ REAL_CUSTOMERS_PER_ROW = 4_372 / DEFAULT_ROWS
 REAL_INVOICES_PER_ROW = 25_900 / DEFAULT_ROWS
 
 
-@pytest.fixture(scope="module")
-def dataset() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return generate_dataset(ROWS, seed=7)
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("generated") / "retail.csv", rows=ROWS, seed=7)
-
-
 def features(frame: pd.DataFrame) -> pd.DataFrame:
     """TotalQuantity, TotalAmount, NumInvoices per customer after the documented cleaning."""
     kept = frame[

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,25 +22,21 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from infra.kafka_broker import start_broker, stop_broker
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.data.generator import write_dataset
 from pipelines.data.load import load_transactions
 from pipelines.ingest.consumer import DEAD_LETTERS, consume
+from pipelines.ingest.messages import invoice_starts
 from pipelines.ingest.producer import ensure_topic, replay
-from pipelines.ingest.window_files import combine_digests, read_manifests, read_window, rows_digest
+from pipelines.ingest.window_files import (
+    combine_digests,
+    read_manifests,
+    read_window,
+    rows_digest,
+    write_windows,
+)
 
 pytestmark = pytest.mark.kafka
 
 ROWS = 60_000
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "retail.csv", rows=ROWS, seed=11)
-
-
-@pytest.fixture(scope="module")
-def input_digest(dataset: Path) -> str:
-    return rows_digest(load_transactions(dataset).frame)
 
 
 def _settings(bootstrap: str, topic: str, group: str = "windows") -> Settings:
@@ -50,12 +48,12 @@ def _settings(bootstrap: str, topic: str, group: str = "windows") -> Settings:
     )
 
 
-def _spawn(module: str, *args: str, bootstrap: str) -> subprocess.Popen:
+def _spawn(module: str, *args: str, bootstrap: str, **env: str) -> subprocess.Popen:
     """Run `python -m pipelines.<module>` as a separate process, as a user would."""
     return subprocess.Popen(
         [sys.executable, "-m", f"pipelines.{module}", *args, "--bootstrap-servers", bootstrap],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -67,11 +65,18 @@ def _producer(dataset: Path, topic: str, rate: int, bootstrap: str) -> subproces
     return _spawn("produce", *args, bootstrap=bootstrap)
 
 
-def _consumer(topic: str, output_dir: Path, group: str, bootstrap: str) -> subprocess.Popen:
-    """A consumer that stops once window-3 exists, however many restarts it took to get there."""
-    args = ["--topic", topic, "--until-window", "3", "--windows", "0", "--no-progress"]
+def _consumer(
+    topic: str, output_dir: Path, group: str, bootstrap: str, progress: bool = False
+) -> subprocess.Popen:
+    """A consumer that stops once window-3 exists, however many restarts it took to get there.
+
+    With `progress`, it reports the rows read after every record (`consume: <rows>rows ...`)."""
+    args = ["--topic", topic, "--until-window", "3", "--windows", "0"]
     args += ["--output-dir", str(output_dir), "--group", group]
-    return _spawn("consume", *args, bootstrap=bootstrap)
+    if not progress:
+        return _spawn("consume", *args, "--no-progress", bootstrap=bootstrap)
+    # tqdm reads its defaults from TQDM_* variables: with these, every update is shown.
+    return _spawn("consume", *args, bootstrap=bootstrap, TQDM_MININTERVAL="0", TQDM_MINITERS="1")
 
 
 def _finish(process: subprocess.Popen, timeout: float = 180) -> str:
@@ -97,6 +102,78 @@ def _wait_until_topic_holds(bootstrap: str, topic: str, messages: int, timeout: 
     finally:
         probe.close()
     pytest.fail(f"topic {topic} did not reach {messages} messages in {timeout} s")
+
+
+class Watched:
+    """A process whose output is collected line by line as it comes, tqdm's \\r updates included
+    (text mode reads \\r as a line end)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, what: str, seen: Callable[[str], bool], timeout: float = 150) -> str:
+        """The first output line for which `seen` holds; fails if the process ends first."""
+        deadline, checked = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            for line in self.lines[checked:]:
+                if seen(line):
+                    return line
+                checked += 1
+            if self.process.poll() is not None and not self._reader.is_alive():
+                pytest.fail(f"{what}: the process ended first\n" + "\n".join(self.lines[-20:]))
+            time.sleep(0.01)
+        self.kill()
+        pytest.fail(f"{what}: not seen in {timeout} s\n" + "\n".join(self.lines[-20:]))
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=30)
+
+
+def _rows(line: str) -> int:
+    """The rows a consumer's progress line (`consume: <rows>rows ...`) reports; 0 for others."""
+    match = re.search(r"consume: (\d+)rows", line)
+    return int(match.group(1)) if match else 0
+
+
+def _window_1(line: str) -> bool:
+    """The line a consumer prints once window 1 is written and its offsets committed."""
+    return "window-1: " in line
+
+
+def _kill_once(
+    topic: str, output_dir: Path, group: str, bootstrap: str, what: str, seen: Callable
+) -> list[str]:
+    """Start a consumer that reports every record it reads; SIGKILL it at the first output line
+    `seen` holds for. Returns its output lines."""
+    consumer = Watched(_consumer(topic, output_dir, group, bootstrap, progress=True))
+    consumer.wait_for(what, seen)
+    consumer.kill()
+    return consumer.lines
+
+
+def _window_ends_in_messages(dataset: Path) -> list[int]:
+    """How many of the replay's messages (one per invoice) come before the end of each window,
+    by the window rule (pipelines/ingest/window_rule.py)."""
+    starts = invoice_starts(load_transactions(dataset).frame)
+    size = -(-ROWS // 3)
+    return [int((starts < size * (window + 1)).sum()) for window in range(3)]
+
+
+def _pause_when_topic_holds(
+    producer: subprocess.Popen, bootstrap: str, topic: str, messages: int
+) -> None:
+    """Stop the producer (SIGSTOP) once the topic holds `messages` messages; SIGCONT resumes."""
+    _wait_until_topic_holds(bootstrap, topic, messages)
+    os.kill(producer.pid, signal.SIGSTOP)
 
 
 def _assert_windows_hold_exactly(windows_dir: Path, digest: str, rows: int) -> None:
@@ -129,28 +206,41 @@ def test_replay_into_three_windows_holds_the_input_exactly(
     frame = read_window(tmp_path / "windows", 1)
     assert list(frame.columns)[:8] == list(load_transactions(dataset).frame.columns)
     assert str(frame["InvoiceDate"].dtype).startswith("datetime64")
+    # Cut without Kafka, the same file gives the same windows (only the offsets are made up).
+    offline = write_windows(load_transactions(dataset).frame, tmp_path / "offline")
+    assert [(m.rows, m.digest, m.first_invoice_date, m.last_invoice_date) for m in offline] == [
+        (m.rows, m.digest, m.first_invoice_date, m.last_invoice_date) for m in manifests
+    ]
 
 
 def test_consumer_killed_mid_window_then_restarted_writes_the_same_windows(
     dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
 ):
+    """SIGKILL twice at known points of the stream, restart, and compare with a clean run.
+
+    The producer is paused (SIGSTOP) at a chosen message, so each kill lands where it should and
+    the test can say so: mid window 1, with records read and nothing written; mid window 2, with
+    window 1 written and committed and records of window 2 read. (Two kills, not more: a restart
+    after a SIGKILL waits out the dead member's session, 45 s by default.)
+    """
     topic = unique_topic("retail")
-    producer = _producer(dataset, topic, rate=20_000, bootstrap=kafka_bootstrap)
+    ends = _window_ends_in_messages(dataset)
+    producer = _producer(dataset, topic, rate=10_000, bootstrap=kafka_bootstrap)
     killed_dir, killed_group = tmp_path / "killed", f"{topic}-killed"
-    window_1_written = (killed_dir / "window-1.json").exists
-    kills = 0
-    # Kill at three moments: early in window 1, just after window 1 is written, mid window 2.
-    for ready in (lambda: True, window_1_written, window_1_written):
-        consumer = _consumer(topic, killed_dir, killed_group, kafka_bootstrap)
-        deadline = time.monotonic() + 60
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.4 + 0.3 * kills)
-        if consumer.poll() is None:
-            consumer.send_signal(signal.SIGKILL)
-            kills += 1
-        consumer.wait(timeout=30)
-    assert kills >= 2, "the consumer finished before it could be killed: slow the producer down"
+    try:
+        _pause_when_topic_holds(producer, kafka_bootstrap, topic, ends[0] // 2)
+        lines = _kill_once(topic, killed_dir, killed_group, kafka_bootstrap, "records read", _rows)
+        assert read_manifests(killed_dir) == []
+        assert max(map(_rows, lines)) > 0
+
+        os.kill(producer.pid, signal.SIGCONT)
+        _pause_when_topic_holds(producer, kafka_bootstrap, topic, (ends[0] + ends[1]) // 2)
+        lines = _kill_once(topic, killed_dir, killed_group, kafka_bootstrap, "window-1", _window_1)
+        (written,) = read_manifests(killed_dir)
+        assert written.window == 1
+        assert max(map(_rows, lines)) > written.rows  # it had read into window 2
+    finally:
+        os.kill(producer.pid, signal.SIGCONT)  # paused or not, it goes on to the end
     _finish(_consumer(topic, killed_dir, killed_group, kafka_bootstrap))
     _finish(producer)
 

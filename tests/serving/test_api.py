@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.predictor import NearestCenter
 from serving.settings import ServingSettings
-from tests.serving_fixtures import free_port, shared_store
+from tests.serving_fixtures import free_port
+
+if TYPE_CHECKING:
+    from tests.conftest import Training
 
 pytestmark = pytest.mark.spark
 
 SEED = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 SEED_PATH = "/predict_cluster_model1"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return shared_store(tmp_path_factory.getbasetemp())
 
 
 def make_app(tracking_uri: str, log_dir: Path, **overrides) -> Flask:
@@ -85,15 +85,16 @@ def test_whole_float_invoice_count_is_accepted(client: FlaskClient) -> None:
     assert as_int == as_float
 
 
-def test_models_reports_version_run_window_k_silhouette_centers(client: FlaskClient) -> None:
+def test_models_reports_version_run_window_k_silhouette_centers(
+    client: FlaskClient, trained_store: Training
+) -> None:
     body = client.get("/models").get_json()
     assert body["model_name"] == "customer-segmentation"
-    for i, (alias, info) in enumerate(body["aliases"].items(), start=1):
-        assert alias == f"model{i}"
-        assert info["version"] == i and info["window"] == i and info["error"] is None
-        assert info["k"] == 2 + i  # the fixture trains k = 3, 4, 5
-        assert -1 <= info["silhouette"] <= 1
-        assert len(info["run_id"]) == 32
+    assert list(body["aliases"]) == [t.alias for t in trained_store.trained]
+    for t, info in zip(trained_store.trained, body["aliases"].values(), strict=True):
+        assert info["version"] == t.version and info["window"] == t.window
+        assert info["error"] is None and info["run_id"] == t.run_id
+        assert info["k"] == t.k and info["silhouette"] == pytest.approx(t.silhouette)
         assert info["features"] == ["TotalQuantity", "TotalAmount", "NumInvoices"]
         for space in ("scaled", "original_units"):
             assert len(info["centers"][space]) == info["k"]
@@ -106,14 +107,46 @@ def test_health_and_ready(client: FlaskClient) -> None:
     assert ready.status_code == 200 and ready.get_json()["ready"] is True
 
 
-def test_metrics_count_requests_per_model_and_versions(client: FlaskClient) -> None:
-    client.post("/predict_cluster_model2", json=SEED)
+def metric(client: FlaskClient, name: str, **labels: str) -> float:
+    """A sample's value in GET /metrics (0 if absent). The metrics are process-wide: every app
+    the session makes counts into them, so tests compare before and after."""
     text = client.get("/metrics").get_data(as_text=True)
-    counter = 'serving_requests_total{endpoint="/predict_cluster_model2",method="POST",status="200"'
-    assert counter in text
-    assert 'serving_request_duration_seconds_bucket{endpoint="/predict_cluster_model2"' in text
-    assert 'serving_model_version{alias="model3"} 3.0' in text
-    assert 'serving_model_loaded{alias="model1"} 1.0' in text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_per_model_and_versions(
+    store: str, trained_store: Training, tmp_path: Path
+) -> None:
+    # A new app: loading its models sets the version gauges, whatever other apps set before.
+    client = make_app(store, tmp_path).test_client()
+    endpoint = "/predict_cluster_model2"
+    posts = {"name": "serving_requests_total", "endpoint": endpoint, "method": "POST"}
+    counted = {
+        "ok": posts | {"status": "200"},
+        "bad": posts | {"status": "400"},
+        "timed": {"name": "serving_request_duration_seconds_count", "endpoint": endpoint},
+        "rows": {"name": "serving_predicted_rows_total", "alias": "model2"},
+    }
+    before = {key: metric(client, **labels) for key, labels in counted.items()}
+
+    client.post(endpoint, json=SEED)
+    client.post(endpoint, json=[SEED] * 3)
+    client.post(endpoint, json={})
+
+    after = {key: metric(client, **labels) for key, labels in counted.items()}
+    assert {key: after[key] - before[key] for key in counted} == {
+        "ok": 2,
+        "bad": 1,
+        "timed": 3,
+        "rows": 4,
+    }
+    for t in trained_store.trained:
+        assert metric(client, "serving_model_version", alias=t.alias) == t.version
+        assert metric(client, "serving_model_loaded", alias=t.alias) == 1
 
 
 def test_openapi_document(client: FlaskClient) -> None:

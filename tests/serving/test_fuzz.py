@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from pipelines.data.schema import FEATURES
 from serving.app import create_app
 from serving.settings import ServingSettings
-from tests.serving_fixtures import shared_store
 
 pytestmark = pytest.mark.spark
 
@@ -59,8 +58,7 @@ content_types = st.sampled_from(
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
-    store = shared_store(tmp_path_factory.getbasetemp())
+def app(store: str, tmp_path_factory: pytest.TempPathFactory) -> Flask:
     log_file = tmp_path_factory.mktemp("fuzz-logs") / "serving.log"
     app = create_app(ServingSettings(tracking_uri=store, log_file=log_file), poll=False)
     app.extensions["serving.registry"].refresh()

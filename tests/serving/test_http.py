@@ -20,7 +20,6 @@ from tests.serving_fixtures import (
     descendants,
     free_port,
     serving_process,
-    shared_store,
     wait_for,
 )
 
@@ -33,11 +32,6 @@ SEED_CURL = (
     "http://127.0.0.1:5000/predict_cluster_model1"
 )
 SEED_JSON = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return shared_store(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """The JVM-free predictor agrees with Spark's own `transform` on every input, edge cases included.
 
-For each registered version: >= 100,000 rows (random, heavy-tailed, zeros, huge magnitudes, near
-ties between centers, exactly-on-center points) go through one Spark `transform` and through
-`serving.predictor`, both the vectorised batch path and the single-row path.
+For each version the training job registered (tests/serving/conftest.py): >= 100,000 rows
+(random, heavy-tailed, zeros, huge magnitudes, near ties between centers, exactly-on-center
+points) go through one Spark `transform` and through `serving.predictor`, both the vectorised
+batch path and the single-row path.
 """
 
 from __future__ import annotations
@@ -14,28 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import SparkSession
 
 from pipelines.data.schema import FEATURES
 from pipelines.training.recipe import build_pipeline
 from serving.predictor import SegmentationModel, UnsupportedModelError, load_pipeline
-from tests.serving_fixtures import (
-    MODEL_NAME,
-    features_frame,
-    fit,
-    local_spark,
-    shared_store,
-    synthetic_features,
-    tracking,
-)
+from tests.serving_fixtures import MODEL_NAME, features_frame, fit, synthetic_features, tracking
 
 pytestmark = pytest.mark.spark
 
 N_RANDOM = 100_000
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return shared_store(tmp_path_factory.getbasetemp())
 
 
 def edge_rows(model: SegmentationModel, rng: np.random.Generator) -> np.ndarray:
@@ -78,13 +67,14 @@ def random_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.vstack([lognormal, pareto, small]).astype(np.float64)
 
 
-def spark_predictions(model_path: Path, rows: np.ndarray, scratch: Path) -> np.ndarray:
+def spark_predictions(
+    spark: SparkSession, model_path: Path, rows: np.ndarray, scratch: Path
+) -> np.ndarray:
     """Spark's `transform` of the saved pipeline on `rows` (one job, read from Parquet)."""
     from pyspark.ml import PipelineModel
 
     table = pa.table({"id": np.arange(len(rows))} | {c: rows[:, i] for i, c in enumerate(FEATURES)})
     pq.write_table(table, scratch / "rows.parquet")
-    spark = local_spark()
     frame = spark.read.parquet(str(scratch / "rows.parquet"))
     model = PipelineModel.load(str(model_path))
     prediction_col = model.stages[-1].getPredictionCol()
@@ -94,7 +84,9 @@ def spark_predictions(model_path: Path, rows: np.ndarray, scratch: Path) -> np.n
 
 
 @pytest.mark.parametrize("alias", ["model1", "model2", "model3"])
-def test_predictions_equal_spark_transform(store: str, alias: str, tmp_path: Path) -> None:
+def test_predictions_equal_spark_transform(
+    spark: SparkSession, store: str, alias: str, tmp_path: Path
+) -> None:
     with tracking(store):
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@{alias}"))
     model = load_pipeline(local / "sparkml")
@@ -102,7 +94,7 @@ def test_predictions_equal_spark_transform(store: str, alias: str, tmp_path: Pat
     rows = np.vstack([edge_rows(model, rng), random_rows(rng, N_RANDOM)])
     assert len(rows) >= 100_000
 
-    expected = spark_predictions(local / "sparkml", rows, tmp_path)
+    expected = spark_predictions(spark, local / "sparkml", rows, tmp_path)
     batch = model.predict(rows)
     single = np.array([model.predict_one(row) for row in rows.tolist()])
 
@@ -111,11 +103,10 @@ def test_predictions_equal_spark_transform(store: str, alias: str, tmp_path: Pat
     assert set(expected.tolist()) == set(range(model.k)), "inputs should reach every cluster"
 
 
-def test_unsupported_stage_fails_at_load_naming_it(store: str, tmp_path: Path) -> None:
+def test_unsupported_stage_fails_at_load_naming_it(spark: SparkSession, tmp_path: Path) -> None:
     from pyspark.ml import PipelineModel
     from pyspark.ml.feature import Normalizer
 
-    spark = local_spark()
     fitted = fit(spark, 3, seed=7, n=300)
     normalizer = Normalizer(inputCol="features", outputCol="normed")
     extended = PipelineModel([*fitted.stages[:2], normalizer, fitted.stages[2]])
@@ -129,12 +120,11 @@ def test_unsupported_stage_fails_at_load_naming_it(store: str, tmp_path: Path) -
         load_pipeline(tmp_path / "cosine")
 
 
-def test_centering_without_scaling_matches_spark(tmp_path: Path) -> None:
+def test_centering_without_scaling_matches_spark(spark: SparkSession, tmp_path: Path) -> None:
     """StandardScaler(withMean=true, withStd=false): the other setting the reader accepts."""
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import StandardScaler
 
-    spark = local_spark()
     stages = build_pipeline(4, seed=3).getStages()
     stages[1] = StandardScaler(
         inputCol="raw_features", outputCol="features", withMean=True, withStd=False
@@ -144,6 +134,6 @@ def test_centering_without_scaling_matches_spark(tmp_path: Path) -> None:
     model = load_pipeline(tmp_path / "centered")
     rng = np.random.default_rng(3)
     rows = np.vstack([edge_rows(model, rng), random_rows(rng, 20_000)])
-    expected = spark_predictions(tmp_path / "centered", rows, tmp_path)
+    expected = spark_predictions(spark, tmp_path / "centered", rows, tmp_path)
     assert np.array_equal(model.predict(rows), expected)
     assert np.array_equal([model.predict_one(r) for r in rows.tolist()], expected)

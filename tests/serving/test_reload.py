@@ -1,26 +1,28 @@
 """Hot reload under load: train a new version, move the alias, and the running server (gunicorn,
-2 workers) switches to it without a single failed request."""
+2 workers) switches to it without a single failed request.
+
+Each test trains window 1 of the session's generated windows (tests/serving/conftest.py) with the
+training job into a store of its own, once before the server starts and once while it runs."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
+from pyspark.sql import SparkSession
 
-from tests.serving_fixtures import (
-    MODEL_NAME,
-    fit,
-    local_spark,
-    register,
-    serving_process,
-    tracking,
-    tracking_uri,
-    wait_for,
-)
+from pipelines.train import train_windows
+from tests.serving_fixtures import serving_process, wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import Training
 
 pytestmark = pytest.mark.spark
 
@@ -62,13 +64,21 @@ class Load:
         return {version for _, version in self.results[-n:]}
 
 
-def _train_and_move_model1(uri: str, k: int, seed: int) -> str:
-    """A new training: a new version, and alias model1 moved to it. Returns the version."""
-    spark = local_spark()
-    with tracking(uri):
-        return register(
-            spark, fit(spark, k, seed=seed), model_name=MODEL_NAME, alias="model1", window=1, k=k
+@pytest.fixture
+def retrain(
+    spark: SparkSession, trained_store: Training, tracking_uri: str
+) -> Callable[[int, int], str]:
+    """``retrain(k, seed)``: train window 1 into the test's store, which registers a new version
+    and moves alias model1 to it; returns the version."""
+
+    def train(k: int, seed: int) -> str:
+        settings = replace(trained_store.settings, mlflow_tracking_uri=tracking_uri)
+        (trained,) = train_windows(
+            trained_store.windows_dir, windows=1, k=k, seed=seed, settings=settings, spark=spark
         )
+        return str(trained.version)
+
+    return train
 
 
 def _env(uri: str, tmp_path: Path, poll_interval: float) -> dict[str, str]:
@@ -80,16 +90,17 @@ def _env(uri: str, tmp_path: Path, poll_interval: float) -> dict[str, str]:
     }
 
 
-def test_moved_alias_is_served_with_zero_failed_requests(tmp_path: Path) -> None:
-    uri = tracking_uri(tmp_path)
-    v1 = _train_and_move_model1(uri, k=3, seed=1)
-    env = _env(uri, tmp_path, poll_interval=0.5)
+def test_moved_alias_is_served_with_zero_failed_requests(
+    retrain: Callable[[int, int], str], tracking_uri: str, tmp_path: Path
+) -> None:
+    v1 = retrain(3, 1)
+    env = _env(tracking_uri, tmp_path, poll_interval=0.5)
     with serving_process(env, "--workers", "2", "--threads", "4") as (url, _):
         wait_for(f"{url}/ready")
         with Load(f"{url}/predict_cluster_model1") as load:
             time.sleep(1)
             assert load.recent_versions(20) == {v1}
-            v2 = _train_and_move_model1(uri, k=6, seed=9)
+            v2 = retrain(6, 9)
             deadline = time.monotonic() + 60
             while load.recent_versions(200) != {v2} and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -105,13 +116,16 @@ def test_moved_alias_is_served_with_zero_failed_requests(tmp_path: Path) -> None
         assert f'serving_model_version{{alias="model1"}} {float(v2)}' in metrics
 
 
-def test_admin_reload_reaches_every_worker_before_it_answers(tmp_path: Path) -> None:
-    uri = tracking_uri(tmp_path)
-    v1 = _train_and_move_model1(uri, k=3, seed=1)
-    env = _env(uri, tmp_path, poll_interval=600)  # no poll picks the move up during the test
+def test_admin_reload_reaches_every_worker_before_it_answers(
+    retrain: Callable[[int, int], str], tracking_uri: str, tmp_path: Path
+) -> None:
+    v1 = retrain(3, 1)
+    env = _env(
+        tracking_uri, tmp_path, poll_interval=600
+    )  # no poll picks the move up during the test
     with serving_process(env, "--workers", "2", "--threads", "2") as (url, _):
         wait_for(f"{url}/ready")
-        v2 = _train_and_move_model1(uri, k=5, seed=3)
+        v2 = retrain(5, 3)
         assert _versions_on_fresh_connections(url, 40) == {v1}
 
         reload = requests.post(f"{url}/admin/reload", timeout=60)

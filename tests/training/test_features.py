@@ -11,7 +11,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pipelines.data.generator import generate_dataset
 from pipelines.data.schema import COLUMNS, FEATURES
 from pipelines.training.features import CLEANING_RULES, clean, customer_features
-from tests.spark_fixtures import local_spark
 
 pytestmark = pytest.mark.spark
 
@@ -20,11 +19,6 @@ SPARK_SCHEMA = (
     "InvoiceNo string, StockCode string, Description string, Quantity long, "
     "InvoiceDate timestamp, UnitPrice double, CustomerID string, Country string"
 )
-
-
-@pytest.fixture(scope="module")
-def spark() -> SparkSession:
-    return local_spark()
 
 
 def frame(spark: SparkSession, rows: list[tuple]) -> DataFrame:

@@ -27,6 +27,7 @@ from typing import TypeVar
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from pyspark.sql import SparkSession
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -34,11 +35,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from infra.ports import free_port
-from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
+from pipelines.data.generator import generate_dataset
+from pipelines.ingest.window_files import write_windows
 from pipelines.train import train_windows
 from pipelines.training.tracking import TrainedWindow
 from tests.browser import chromium_unavailable, headless_chromium, save_full_page
-from tests.spark_fixtures import local_spark, tracking_uri, write_generated_windows
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -151,17 +153,19 @@ def browser(chromium: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def store(chromium: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedStore]:
+def store(
+    chromium: None, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TrainedStore]:
     """Train three windows into a fresh store while `make ui` starts on it (both take a while)."""
     root = tmp_path_factory.mktemp("mlflow-ui")
-    uri = tracking_uri(root / "store")
+    uri = sqlite_tracking_uri(root / "store")
     MlflowClient(uri).search_experiments()  # create the schema before two processes open it
     settings = replace(Settings.from_env(), mlflow_tracking_uri=uri)
     server = UIServer(uri, free_port(), root / "mlflow-ui.log")
     previous_uri = mlflow.get_tracking_uri()
     try:
-        write_generated_windows(root / "windows", ROWS)
-        trained = train_windows(root / "windows", k=K, settings=settings, spark=local_spark())
+        write_windows(generate_dataset(ROWS, seed=7)[0], root / "windows")
+        trained = train_windows(root / "windows", k=K, settings=settings, spark=spark)
         mlflow.set_tracking_uri(previous_uri)
         server.wait_until_up()
         experiment = MlflowClient(uri).get_experiment_by_name(settings.experiment_name)

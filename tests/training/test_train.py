@@ -1,7 +1,9 @@
 """The training job end to end: generated windows -> Spark -> a real MLflow store and registry.
 
-One cumulative training of three windows (~50,000 generated rows) is shared by the module; the
-re-run, quality and `mlflow run` tests build on it. Everything talks to a SQLite store in tmp.
+One cumulative training of three windows (~50,000 generated rows, tests/training/conftest.py) is
+shared by the module and only read: the quality and `mlflow run` tests use its windows, and the
+tests that train again do so into a store of their own, so the tests pass in any order.
+Everything talks to a SQLite store in tmp.
 """
 
 from __future__ import annotations
@@ -14,52 +16,47 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Run
 from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from infra.ports import free_port
-from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
+from pipelines.data.generator import generate_dataset
 from pipelines.data.schema import FEATURES
-from pipelines.ingest.window_files import combine_digests, read_manifests, window_path
+from pipelines.ingest.window_files import (
+    combine_digests,
+    read_manifests,
+    window_path,
+    write_windows,
+)
 from pipelines.train import train_windows
 from pipelines.training.features import CLEANING_RULES, clean, customer_features
 from pipelines.training.fitting import training_windows
 from pipelines.training.recipe import PREDICTION_COL, build_pipeline
 from pipelines.training.registry import model_uri
 from pipelines.training.selection import candidate_ks
-from pipelines.training.tracking import TrainedWindow
-from tests.spark_fixtures import TOPIC, local_spark, tracking_uri, write_generated_windows
+
+if TYPE_CHECKING:
+    from tests.conftest import Training
 
 pytestmark = pytest.mark.spark
 
-ROWS = 50_000
 NAME = "customer-segmentation"
-
-
-@dataclass(frozen=True)
-class Training:
-    windows_dir: Path
-    transactions: pd.DataFrame
-    segments: pd.DataFrame
-    settings: Settings
-    trained: list[TrainedWindow]
-
-    def run(self, window: int) -> Run:
-        return MlflowClient().get_run(self.trained[window - 1].run_id)
 
 
 def test_training_windows_by_mode() -> None:
@@ -75,26 +72,9 @@ def test_candidate_ks_fit_what_silhouette_can_score() -> None:
         candidate_ks(None, (2, 8), 2)
 
 
-def test_missing_windows_are_refused(tmp_path: Path) -> None:
+def test_missing_windows_are_refused(tmp_path: Path, tracking_uri: str) -> None:
     with pytest.raises(FileNotFoundError, match=r"missing \[1, 2, 3\]"):
-        train_windows(tmp_path, settings=Settings(mlflow_tracking_uri=tracking_uri(tmp_path)))
-
-
-@pytest.fixture(scope="module")
-def spark() -> SparkSession:
-    return local_spark()
-
-
-@pytest.fixture(scope="module")
-def training(tmp_path_factory: pytest.TempPathFactory, spark: SparkSession) -> Iterator[Training]:
-    """The module's training; MLflow points at its store until the module is done."""
-    root = tmp_path_factory.mktemp("training")
-    transactions, segments = write_generated_windows(root / "windows", ROWS)
-    settings = replace(Settings.from_env(), mlflow_tracking_uri=tracking_uri(root / "store"))
-    previous_uri = mlflow.get_tracking_uri()
-    trained = train_windows(root / "windows", settings=settings, spark=spark)
-    yield Training(root / "windows", transactions, segments, settings, trained)
-    mlflow.set_tracking_uri(previous_uri)
+        train_windows(tmp_path, settings=Settings(mlflow_tracking_uri=tracking_uri))
 
 
 def test_three_runs_three_versions_three_aliases(training: Training) -> None:
@@ -135,7 +115,7 @@ def test_params_describe_data_model_and_provenance(training: Training) -> None:
         assert dropped["missing_customer_id"] > 0 and dropped["cancellation"] > 0
         assert 0 < int(params["customers"]) < int(params["rows"])
         assert params["first_invoice_date"] < params["last_invoice_date"]
-        assert params["kafka_topic"] == TOPIC
+        assert params["kafka_topic"] == manifests[window].topic
         assert params["digest"] == combine_digests([manifests[i].digest for i in ids])
         for i in ids:
             offsets = ",".join(f"{p}:{s}-{e}" for p, (s, e) in manifests[i].offsets.items())
@@ -165,14 +145,46 @@ def test_metrics_score_every_candidate_and_size_every_cluster(training: Training
         assert min(sizes) > 0
 
 
+def test_silhouette_agrees_with_scikit_learn(training: Training, spark: SparkSession) -> None:
+    """Each logged silhouette, recomputed independently by scikit-learn on the same points.
+
+    Spark's ClusteringEvaluator measures squared Euclidean distance by default (the run says so in
+    `silhouette_distance`): a(i) and b(i) are mean *squared* distances, to the other points of
+    i's cluster and to the nearest other cluster. scikit-learn's `silhouette_score` with
+    metric="sqeuclidean" has the same definition (s(i) = 0 in a singleton cluster included), so
+    both must agree on the model's own scaled features and labels. Spark expands each mean as
+    |x|^2 - 2 x.mean(C) + mean(|y|^2) over cluster sums, scikit-learn sums pairwise distances: they
+    differ by rounding only (not at all on these few hundred customers, measured). The tolerance,
+    1e-9, leaves room for rounding on bigger data and is far below what a real difference moves:
+    one customer of a few hundred counted in another cluster moves the mean by ~1e-3, and plain
+    Euclidean distance (scikit-learn's default) moves it by 0.04-0.1 here.
+    """
+    for t in training.trained:
+        assert training.run(t.window).data.params["silhouette_distance"] == "squaredEuclidean"
+        model = mlflow.spark.load_model(f"models:/{NAME}/{t.version}")
+        kmeans = model.stages[-1]
+        columns = [kmeans.getFeaturesCol(), kmeans.getPredictionCol()]
+        scored = model.transform(_all_features(training, spark, t.window)).select(*columns)
+        rows = scored.toPandas()
+        points = np.stack([vector.toArray() for vector in rows[columns[0]]])
+        labels = rows[columns[1]].to_numpy()
+
+        assert len(set(labels)) == t.k
+        assert t.silhouette == pytest.approx(
+            silhouette_score(points, labels, metric="sqeuclidean"), abs=1e-9
+        )
+        assert t.silhouette != pytest.approx(silhouette_score(points, labels), abs=1e-6)
+
+
 def test_tags_name_window_source_and_commit(training: Training) -> None:
     head = subprocess.run(
         ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
+    (topic,) = {m.topic for m in read_manifests(training.windows_dir)}
     for t in training.trained:
         tags = training.run(t.window).data.tags
         assert tags["window"] == str(t.window)
-        assert tags["data_source"] == f"kafka:{TOPIC}"
+        assert tags["data_source"] == f"kafka:{topic}"
         assert tags["windows_dir"] == str(training.windows_dir.resolve())
         assert tags["mlflow.source.git.commit"] == head
 
@@ -283,42 +295,48 @@ def test_scaling_beats_the_unscaled_recipe(training: Training, spark: SparkSessi
     )
 
 
-def test_rerun_adds_versions_and_moves_aliases(training: Training, spark: SparkSession) -> None:
-    again = train_windows(
-        training.windows_dir, mode="tumbling", k=4, settings=training.settings, spark=spark
-    )
-    client = MlflowClient()
+def test_rerun_adds_versions_and_moves_aliases(
+    spark: SparkSession, tracking_uri: str, tmp_path: Path
+) -> None:
+    """A second training into the same store: new versions, the aliases move, nothing is lost.
 
-    assert [t.version for t in again] == [4, 5, 6]
+    On a store of its own after a small first training, so no other test sees the new versions.
+    """
+    write_windows(generate_dataset(6_000, seed=3)[0], tmp_path / "windows")
+    settings = replace(Settings.from_env(), mlflow_tracking_uri=tracking_uri)
+    first = train_windows(tmp_path / "windows", windows=1, k=3, settings=settings, spark=spark)
+    again = train_windows(
+        tmp_path / "windows", mode="tumbling", k=4, settings=settings, spark=spark
+    )
+    client = MlflowClient(tracking_uri)
+
+    assert [(t.version, t.alias) for t in first] == [(1, "model1")]
+    assert [t.version for t in again] == [2, 3, 4]
     for t in again:
         assert int(client.get_model_version_by_alias(NAME, t.alias).version) == t.version
         params = client.get_run(t.run_id).data.params
         assert params["windows"] == str(t.window) and params["mode"] == "tumbling"
         assert params["k"] == "4" and params["k_selection"] == "fixed"
         assert params["k_range"] == "4..4"
-    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == [
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-    ]
+    versions = client.search_model_versions(f"name='{NAME}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    assert client.get_model_version(NAME, "1").run_id == first[0].run_id  # still there, by number
 
 
 def test_a_later_training_names_its_windows_model1_onwards(
-    training: Training, spark: SparkSession
+    training: Training, spark: SparkSession, tracking_uri: str
 ) -> None:
-    """A second demo run trains windows 4..6; here windows 2..3 stand in for that."""
+    """A second demo run trains windows 4..6; here windows 2..3 stand in for that (into a store
+    of its own: the module's training keeps its aliases)."""
     later = train_windows(
         training.windows_dir,
         windows=3,
         first_window=2,
         k=4,
-        settings=training.settings,
+        settings=replace(training.settings, mlflow_tracking_uri=tracking_uri),
         spark=spark,
     )
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
 
     assert [(t.window, t.alias) for t in later] == [(2, "model1"), (3, "model2")]
     for t in later:
@@ -329,14 +347,20 @@ def test_a_later_training_names_its_windows_model1_onwards(
 
 
 @pytest.mark.slow
-def test_mlflow_run_train_entry_point(training: Training, tmp_path: Path) -> None:
+def test_mlflow_run_train_entry_point(
+    training: Training, tracking_uri: str, tmp_path: Path
+) -> None:
     """`mlflow run . -e train --env-manager local`: the window runs are children of the project
     run and land in the same store and registry."""
-    uri = tracking_uri(tmp_path / "store")
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking_uri)
     client.create_experiment(NAME, artifact_location=(tmp_path / "artifacts").as_uri())
     _mlflow_run(
-        _project_env(uri), "train", "-P", f"windows-dir={training.windows_dir}", "-P", "k=4"
+        _project_env(tracking_uri),
+        "train",
+        "-P",
+        f"windows-dir={training.windows_dir}",
+        "-P",
+        "k=4",
     )
 
     experiment = client.get_experiment_by_name(NAME)
@@ -350,8 +374,10 @@ def test_mlflow_run_train_entry_point(training: Training, tmp_path: Path) -> Non
         assert int(client.get_model_version_by_alias(NAME, f"model{window}").version) == window
 
 
-def _all_features(training: Training, spark: SparkSession) -> DataFrame:
-    paths = [str(window_path(training.windows_dir, i)) for i in (1, 2, 3)]
+def _all_features(training: Training, spark: SparkSession, windows: int = 3) -> DataFrame:
+    """The customer features of windows 1..`windows`: what the cumulative model of `windows`
+    was fitted on."""
+    paths = [str(window_path(training.windows_dir, i)) for i in range(1, windows + 1)]
     return customer_features(clean(spark.read.parquet(*paths)).rows)
 
 
@@ -363,15 +389,14 @@ def _labels(predicted: DataFrame) -> pd.Series:
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_mlflow_run_main_through_the_broker(
-    kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], tracking_uri: str, tmp_path: Path
 ) -> None:
     """`mlflow run . -e main`: generate -> produce -> consume -> train against the real broker."""
-    uri = tracking_uri(tmp_path / "store")
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking_uri)
     client.create_experiment(NAME, artifact_location=(tmp_path / "artifacts").as_uri())
     topic = unique_topic("main")
     env = _project_env(
-        uri,
+        tracking_uri,
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
         KAFKA_TOPIC=topic,
         KAFKA_GROUP=f"{topic}-windows",
@@ -429,7 +454,7 @@ def test_training_against_a_tracking_server_over_http(
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             "--backend-store-uri",
-            tracking_uri(tmp_path / "server"),
+            sqlite_tracking_uri(tmp_path / "server"),
             "--artifacts-destination",
             str(tmp_path / "server" / "artifacts"),
             "--host",
@@ -475,15 +500,83 @@ def _wait_for_health(uri: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"no MLflow server answered at {uri} within {timeout:.0f} s")
 
 
-def test_an_interrupted_session_start_stops_the_jvm_it_launched() -> None:
-    # The window where PySpark orphans its JVM is under a second wide; what closes it is that
-    # every child of the interrupted process is stopped. Run apart: it stops all its children.
-    script = """
-import subprocess, sys
-from pipelines.training.session import _stop_children
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-_stop_children()
-sys.exit(0 if child.wait(timeout=10) == -15 else 1)
+# Started as `python -c`: a SparkSession start that says whether Ctrl-C came while it waited.
+SESSION_START = """
+import sys
+from pipelines.training.session import spark_session
+try:
+    spark_session("local[1]")
+except KeyboardInterrupt:
+    sys.exit(130)  # interrupted while the session was starting
+sys.exit(3)  # the session was up before the interrupt arrived
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, timeout=60)
-    assert done.returncode == 0
+
+
+def test_an_interrupted_session_start_stops_the_jvm_it_launched(tmp_path: Path) -> None:
+    """Ctrl-C while PySpark waits for the JVM it launched: the JVM must not outlive the start.
+
+    PySpark starts the JVM with SIGINT ignored and waits for it to write its port; interrupted
+    there, it forgets the JVM, which would run on, orphaned (see training/session.py). The test
+    starts a real session in a process group of its own, waits until the gateway JVM is its
+    child, sends SIGINT to the group as a terminal's Ctrl-C does, and then reads /proc: no process
+    carrying this start's marker (every process it launched inherits it) may be left.
+    """
+    marker = f"SESSION_START_TEST={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    process = subprocess.Popen(
+        [sys.executable, "-c", SESSION_START],
+        cwd=PROJECT_ROOT,
+        env=os.environ | {name: value},
+        stdout=(tmp_path / "output").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        jvm = _wait_for_child_jvm(process, timeout=120)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+        output = (tmp_path / "output").read_text()
+        assert process.returncode == 130, f"not interrupted while starting:\n{output}"
+        deadline = time.monotonic() + 30  # the JVM runs its shutdown hooks first
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_with(marker) == [], f"left running (the JVM was {jvm}):\n{output}"
+    finally:
+        for pid in _processes_with(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_child_jvm(process: subprocess.Popen, timeout: float) -> int:
+    """The pid of the gateway JVM once it is `process`'s child: spark-submit has exec'd `java ...
+    SparkSubmit` (not the launcher JVM that only prints its command line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the session start ended before its JVM was seen"
+        for children in Path(f"/proc/{process.pid}/task").glob("*/children"):
+            for pid in map(int, _read(children).split()):
+                argv = _read(Path(f"/proc/{pid}/cmdline")).split("\0")
+                if Path(argv[0]).name == "java" and "org.apache.spark.deploy.SparkSubmit" in argv:
+                    return pid
+        time.sleep(0.01)
+    raise AssertionError(f"no gateway JVM under the session start within {timeout:.0f} s")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes (zombies have no environment left) whose environment holds `marker`."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        if marker in _read(environ).split("\0"):
+            found.append(int(environ.parent.name))
+    return found
+
+
+def _read(path: Path) -> str:
+    """A /proc file's text; empty if the process is gone or not ours to read."""
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
