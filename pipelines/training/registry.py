@@ -14,9 +14,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from pipelines.contract import spoken_list
+
 MODEL_DESCRIPTION = (
     "Customer segmentation: a Spark ML PipelineModel (VectorAssembler -> StandardScaler -> KMeans) "
-    "over TotalQuantity, TotalAmount and NumInvoices per customer. Aliases `model1`, `model2` "
+    f"over {spoken_list()} per customer. Aliases `model1`, `model2` "
     "and `model3` are the versions trained on the first, second and third window of the latest "
     "training."
 )

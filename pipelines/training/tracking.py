@@ -23,6 +23,7 @@ from mlflow.types import ColSpec, Schema
 from mlflow.utils.time import get_current_time_millis
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.contract import CONTRACT
 from pipelines.ingest.window_files import Manifest, combine_digests
 from pipelines.training import registry
 from pipelines.training.features import CLEANING_RULES
@@ -44,14 +45,9 @@ MODEL_ARTIFACT_PATH = "model"
 # Explicit, so no run pays MLflow's requirement inference (a subprocess, ~17 s per model).
 PIP_PACKAGES = ("mlflow", "pyspark", "pandas", "numpy", "pyarrow")
 
+# The inputs are the feature contract's, typed as training produces them.
 SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec("long", "TotalQuantity"),
-            ColSpec("double", "TotalAmount"),
-            ColSpec("long", "NumInvoices"),
-        ]
-    ),
+    inputs=Schema([ColSpec(f.spark_type, f.name) for f in CONTRACT]),
     outputs=Schema([ColSpec("integer", PREDICTION_COL)]),
 )
 
