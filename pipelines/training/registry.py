@@ -23,6 +23,10 @@ MODEL_DESCRIPTION = (
     "training."
 )
 
+# The registered version's tag holding its segments as JSON (report.segment_records): a list of
+# {"id", "name", "customers", "share", "revenue_share", "median": {feature: value}}.
+SEGMENTS_TAG = "segments"
+
 
 def alias_for(position: int) -> str:
     """The alias of the `position`-th window (from 1) of a training."""

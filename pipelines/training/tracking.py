@@ -2,8 +2,9 @@
 
 Everything a person comparing models in the MLflow UI needs is logged here: params (the recipe's
 choices and the data's provenance), the windows it was trained on as dataset inputs (Kafka topic
-and offsets, window digest), metrics per candidate k, the cluster reports and the whole Spark
-pipeline model with its signature.
+and offsets, window digest), metrics per candidate k, the segments and cluster reports, and the
+whole Spark pipeline model with its signature. The registered version carries its segments (tag
+`segments`, names in the description), which is what the server's `GET /models` shows.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.report import (
     ModelProfile,
     comparison_table,
+    describe_segments,
     plot_comparison,
     plot_profile,
+    segment_names_line,
+    segments_json,
     write_centers,
 )
 from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
@@ -47,6 +51,8 @@ from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
+SEGMENTS_TABLE = "segments.json"  # mlflow.log_table: the run's Evaluation / Artifacts view
+SEGMENT_NAMES_TAG = "segment_names"  # on the run and the version: "0 occasional; 1 wholesale; ..."
 
 # MLflow's experiment-kind tag and its value for classic model training (MLflow 3.17 spells them
 # so in its UI and in mlflow/demo; the other kind is "genai_development").
@@ -107,7 +113,10 @@ class Recorder:
                 run_id,
                 metrics=_metrics(fit.candidates, fit.chosen),
                 params=[Param(key, str(value)) for key, value in self._params(fit).items()],
-                tags=[RunTag(key, value) for key, value in self._tags(fit.window).items()],
+                tags=[
+                    *(RunTag(key, value) for key, value in self._tags(fit.window).items()),
+                    RunTag(SEGMENT_NAMES_TAG, segment_names_line(fit.segments)),
+                ],
             )
             mlflow.log_inputs(  # one batch: the windows this model was trained on
                 [WindowDataset(self.manifests[i]) for i in fit.ids],
@@ -115,7 +124,9 @@ class Recorder:
                 tags_list=[None] * len(fit.ids),
             )
             with tempfile.TemporaryDirectory() as tmp:
+                fit.segments.to_csv(Path(tmp, "segments.csv"), index=False)
                 self._log_reports(run_id, Path(tmp), fit.profile, previous)
+            self.client.log_table(run_id, fit.segments, SEGMENTS_TABLE)
             mlflow.spark.log_model(
                 fit.chosen.model,
                 MODEL_ARTIFACT_PATH,
@@ -127,7 +138,7 @@ class Recorder:
         description = (
             f"Window {fit.window} ({self.spec.mode}, trained on windows {_ids(fit.ids)}): "
             f"k={chosen.k}, silhouette={chosen.silhouette:.4f}, {fit.cleaned.rows_kept} rows, "
-            f"{fit.customers} customers. Run {run_id}."
+            f"{fit.customers} customers. Run {run_id}. Segments: {describe_segments(fit.segments)}."
         )
         version = registry.register_version(
             self.client,
@@ -135,7 +146,13 @@ class Recorder:
             run_id,
             MODEL_ARTIFACT_PATH,
             description,
-            tags={"window": fit.window, "mode": self.spec.mode, "k": chosen.k},
+            tags={
+                "window": fit.window,
+                "mode": self.spec.mode,
+                "k": chosen.k,
+                SEGMENT_NAMES_TAG: segment_names_line(fit.segments),
+                registry.SEGMENTS_TAG: segments_json(fit.segments),
+            },
         )
         log.info(
             "window %d: k=%d silhouette=%.4f -> %s version %s",
