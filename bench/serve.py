@@ -43,9 +43,10 @@ import requests
 
 from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.contract import EXAMPLE_RECORD
 from pipelines.data.schema import FEATURES
 
-SEED_RECORD = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
+SEED_RECORD = EXAMPLE_RECORD  # the seed's request, from the feature contract
 Rows = list[tuple[int, float, int]]
 CONCURRENCY = (1, 8, 32)
 GOALS = {

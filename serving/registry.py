@@ -11,6 +11,7 @@ that never loaded answers 503 until a later poll succeeds.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -25,7 +26,8 @@ import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines.data.schema import FEATURES
+from pipelines.contract import FEATURES
+from pipelines.training.registry import SEGMENTS_TAG
 from serving.predictor import SegmentationModel, load_pipeline
 from serving.reload import ReloadBoard
 
@@ -44,6 +46,9 @@ class LoadedModel:
     model: SegmentationModel
     window: int | str | None
     silhouette: float | None
+    # Per cluster: id, name, customers, share, revenue_share, median per feature (training's
+    # report.segment_records, from the version's `segments` tag); None for versions without it.
+    segments: list[dict[str, Any]] | None = None
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -59,6 +64,7 @@ class LoadedModel:
                 "scaled": centers.tolist(),
                 "original_units": self.model.scaler.to_original(centers).tolist(),
             },
+            "segments": self.segments,
             "loaded_at": self.loaded_at,
         }
 
@@ -130,14 +136,16 @@ class ModelRegistry:
             log.warning("%s", error)
             missing = isinstance(exc, MlflowException) and exc.error_code in _NOT_FOUND
             return Slot(model=current.model, error=error), None if missing else error
-        return self._update(alias, current, version.version, version.run_id), None
+        return self._update(alias, current, version.version, version.run_id, version.tags), None
 
-    def _update(self, alias: str, current: Slot, version: str, run_id: str | None) -> Slot:
+    def _update(
+        self, alias: str, current: Slot, version: str, run_id: str | None, tags: dict[str, str]
+    ) -> Slot:
         number = int(version)
         if current.model is not None and current.model.version == number:
             return current if current.error is None else Slot(model=current.model, error=None)
         try:
-            loaded = self._load(number, run_id)
+            loaded = self._load(number, run_id, tags)
         except Exception as exc:
             error = f"cannot load version {number} for alias {alias!r}: {_reason(exc)}"
             log.exception("%s", error)
@@ -146,7 +154,7 @@ class ModelRegistry:
         log.info("alias %s: now serving version %s (was %s)", alias, loaded.version, previous)
         return Slot(model=loaded, error=None)
 
-    def _load(self, version: int, run_id: str | None) -> LoadedModel:
+    def _load(self, version: int, run_id: str | None, tags: dict[str, str]) -> LoadedModel:
         with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
             # The version's storage location, not `models:/...`: MLflow would resolve that
             # through the process-wide registry URI rather than this registry's.
@@ -162,7 +170,7 @@ class ModelRegistry:
         if unknown:
             raise ValueError(f"model inputs {unknown} are not fields of the API {list(FEATURES)}")
         window, silhouette = self._run_facts(run_id)
-        return LoadedModel(version, run_id, model, window, silhouette)
+        return LoadedModel(version, run_id, model, window, silhouette, _segments(version, tags))
 
     def _run_facts(self, run_id: str | None) -> tuple[int | str | None, float | None]:
         """The training window and silhouette recorded on the version's run, where present."""
@@ -218,6 +226,21 @@ class Poller(threading.Thread):
             time.sleep(seconds)
         else:
             self.board.wait_for_request(after=self.reached, timeout=seconds)
+
+
+def _segments(version: int, tags: dict[str, str]) -> list[dict[str, Any]] | None:
+    """The version's segments tag, parsed; None (and a warning if malformed) when unusable."""
+    text = (tags or {}).get(SEGMENTS_TAG)
+    if text is None:
+        return None
+    try:
+        segments = json.loads(text)
+    except ValueError as exc:
+        log.warning(
+            "version %s: unreadable %r tag, no segments shown: %s", version, SEGMENTS_TAG, exc
+        )
+        return None
+    return segments if isinstance(segments, list) else None
 
 
 def _reason(exc: Exception) -> str:

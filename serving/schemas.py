@@ -14,7 +14,7 @@ import pydantic_core
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema, with_config
 from typing_extensions import TypedDict
 
-from pipelines.data.schema import FEATURES
+from pipelines.contract import CONTRACT, FEATURES, feature
 
 # Beyond this, values are not plausible customer totals and float64 stops holding whole numbers.
 MAX_MAGNITUDE = 1e15
@@ -29,14 +29,21 @@ Count = Annotated[
 ]
 
 
-@with_config(ConfigDict(extra="forbid", strict=True))
-class CustomerRecord(TypedDict):
-    """One customer's features, the model's inputs (pipelines.schema.FEATURES)."""
+# The field type for each JSON type of the feature contract.
+_FIELD = {"number": Amount, "integer": Count}
 
-    TotalQuantity: Amount
-    TotalAmount: Amount
-    NumInvoices: Count
 
+def _record_type() -> type:
+    """A TypedDict with a field per entry of the feature contract, in its order and JSON type."""
+    fields = {
+        f.name: Annotated[_FIELD[f.json_type], Field(description=f.description)] for f in CONTRACT
+    }
+    record = TypedDict("CustomerRecord", fields)  # type: ignore[misc]
+    record.__doc__ = "One customer's features, the model's inputs (pipelines/contract.py)."
+    return with_config(ConfigDict(extra="forbid", strict=True))(record)
+
+
+CustomerRecord = _record_type()
 
 assert tuple(CustomerRecord.__annotations__) == FEATURES
 
@@ -103,7 +110,8 @@ def _message(error: Any, max_batch: int) -> str:
         case "too_short":
             return f"{where}: a batch holds at least one record"
         case "float_type" | "float_parsing":
-            expected = "a whole number" if loc[-1] == "NumInvoices" else "a number"
+            whole = loc[-1] in FEATURES and feature(loc[-1]).json_type == "integer"
+            expected = "a whole number" if whole else "a number"
             return f"{where}: must be {expected}, got {got}"
         case "model_type" | "dict_type":
             return f"{where}: must be a JSON object, got {got}"

@@ -6,6 +6,8 @@ spelling so nothing downstream has to care which file it came from.
 
 from __future__ import annotations
 
+from pipelines.contract import FEATURES as FEATURES  # re-exported: see below
+
 COLUMNS: tuple[str, ...] = (
     "InvoiceNo",
     "StockCode",
@@ -24,8 +26,8 @@ ALIASES: dict[str, str] = {
     "Customer ID": "CustomerID",
 }
 
-# The per-customer features: the model's inputs and the HTTP API's fields, in this order.
-FEATURES: tuple[str, ...] = ("TotalQuantity", "TotalAmount", "NumInvoices")
+# The per-customer features (the model's inputs and the HTTP API's fields) are defined, with their
+# types and an example, in pipelines/contract.py; FEATURES is re-exported here for older imports.
 
 # Bumped whenever the Kafka message layout changes; consumers reject versions they do not know.
 MESSAGE_SCHEMA_VERSION = 1

@@ -18,7 +18,7 @@ from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
 from pipelines.training.features import Cleaned, clean, customer_features
-from pipelines.training.report import ModelProfile
+from pipelines.training.report import ModelProfile, segment_profiles
 from pipelines.training.selection import Candidate, best, candidate_ks, fit_candidates
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class WindowFit:
     chosen: Candidate
     example: pd.DataFrame
     profile: ModelProfile
+    segments: pd.DataFrame  # report.segment_profiles of the chosen model on its customers
 
 
 def fit_window(
@@ -84,8 +85,11 @@ def fit_window(
             features, customers, ks, spec.seed, spec.max_iter, spec.distance_measure, progress
         )
         example = features.select(*FEATURES).limit(5).toPandas()
+        chosen = best(candidates)
+        segments = segment_profiles(chosen.model, features)
     finally:
         features.unpersist()
-    chosen = best(candidates)
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
-    return WindowFit(window, ids, cleaned, customers, candidates, chosen, example, profile)
+    return WindowFit(
+        window, ids, cleaned, customers, candidates, chosen, example, profile, segments
+    )

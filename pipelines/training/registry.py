@@ -14,12 +14,18 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from pipelines.contract import spoken_list
+
 MODEL_DESCRIPTION = (
     "Customer segmentation: a Spark ML PipelineModel (VectorAssembler -> StandardScaler -> KMeans) "
-    "over TotalQuantity, TotalAmount and NumInvoices per customer. Aliases `model1`, `model2` "
+    f"over {spoken_list()} per customer. Aliases `model1`, `model2` "
     "and `model3` are the versions trained on the first, second and third window of the latest "
     "training."
 )
+
+# The registered version's tag holding its segments as JSON (report.segment_records): a list of
+# {"id", "name", "customers", "share", "revenue_share", "median": {feature: value}}.
+SEGMENTS_TAG = "segments"
 
 
 def alias_for(position: int) -> str:

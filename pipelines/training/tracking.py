@@ -1,29 +1,37 @@
 """Log a fitted window as an MLflow run and register its model as a new version.
 
 Everything a person comparing models in the MLflow UI needs is logged here: params (the recipe's
-choices and the data's provenance), metrics per candidate k, the cluster reports and the whole
-Spark pipeline model with its signature.
+choices and the data's provenance), the windows it was trained on as dataset inputs (Kafka topic
+and offsets, window digest), metrics per candidate k, the segments and cluster reports, and the
+whole Spark pipeline model with its signature. The registered version carries its segments (tag
+`segments`, names in the description), which is what the server's `GET /models` shows.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import pyarrow as pa
 from mlflow import MlflowClient
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.time import get_current_time_millis
 
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.ingest.window_files import Manifest, combine_digests
+from pipelines.contract import CONTRACT
+from pipelines.ingest.window_files import ARROW_SCHEMA, Manifest, combine_digests
 from pipelines.training import registry
 from pipelines.training.features import CLEANING_RULES
 from pipelines.training.fitting import Spec, WindowFit
@@ -31,8 +39,11 @@ from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.report import (
     ModelProfile,
     comparison_table,
+    describe_segments,
     plot_comparison,
     plot_profile,
+    segment_names_line,
+    segments_json,
     write_centers,
 )
 from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
@@ -40,19 +51,30 @@ from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
+SEGMENTS_TABLE = "segments.json"  # mlflow.log_table: the run's Evaluation / Artifacts view
+SEGMENT_NAMES_TAG = "segment_names"  # on the run and the version: "0 occasional; 1 wholesale; ..."
+
+# MLflow's experiment-kind tag and its value for classic model training (MLflow 3.17 spells them
+# so in its UI and in mlflow/demo; the other kind is "genai_development").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
 
 # Explicit, so no run pays MLflow's requirement inference (a subprocess, ~17 s per model).
 PIP_PACKAGES = ("mlflow", "pyspark", "pandas", "numpy", "pyarrow")
 
+# The inputs are the feature contract's, typed as training produces them.
 SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec("long", "TotalQuantity"),
-            ColSpec("double", "TotalAmount"),
-            ColSpec("long", "NumInvoices"),
-        ]
-    ),
+    inputs=Schema([ColSpec(f.spark_type, f.name) for f in CONTRACT]),
     outputs=Schema([ColSpec("integer", PREDICTION_COL)]),
+)
+
+# A window's rows as MLflow column types: the schema of each window dataset a run logs.
+_MLFLOW_TYPE = {pa.string(): "string", pa.int64(): "long", pa.float64(): "double"}
+WINDOW_SCHEMA = Schema(
+    [
+        ColSpec("datetime" if pa.types.is_timestamp(f.type) else _MLFLOW_TYPE[f.type], f.name)
+        for f in ARROW_SCHEMA
+    ]
 )
 
 
@@ -91,10 +113,20 @@ class Recorder:
                 run_id,
                 metrics=_metrics(fit.candidates, fit.chosen),
                 params=[Param(key, str(value)) for key, value in self._params(fit).items()],
-                tags=[RunTag(key, value) for key, value in self._tags(fit.window).items()],
+                tags=[
+                    *(RunTag(key, value) for key, value in self._tags(fit.window).items()),
+                    RunTag(SEGMENT_NAMES_TAG, segment_names_line(fit.segments)),
+                ],
+            )
+            mlflow.log_inputs(  # one batch: the windows this model was trained on
+                [WindowDataset(self.manifests[i]) for i in fit.ids],
+                contexts=["training"] * len(fit.ids),
+                tags_list=[None] * len(fit.ids),
             )
             with tempfile.TemporaryDirectory() as tmp:
+                fit.segments.to_csv(Path(tmp, "segments.csv"), index=False)
                 self._log_reports(run_id, Path(tmp), fit.profile, previous)
+            self.client.log_table(run_id, fit.segments, SEGMENTS_TABLE)
             mlflow.spark.log_model(
                 fit.chosen.model,
                 MODEL_ARTIFACT_PATH,
@@ -106,7 +138,7 @@ class Recorder:
         description = (
             f"Window {fit.window} ({self.spec.mode}, trained on windows {_ids(fit.ids)}): "
             f"k={chosen.k}, silhouette={chosen.silhouette:.4f}, {fit.cleaned.rows_kept} rows, "
-            f"{fit.customers} customers. Run {run_id}."
+            f"{fit.customers} customers. Run {run_id}. Segments: {describe_segments(fit.segments)}."
         )
         version = registry.register_version(
             self.client,
@@ -114,7 +146,13 @@ class Recorder:
             run_id,
             MODEL_ARTIFACT_PATH,
             description,
-            tags={"window": fit.window, "mode": self.spec.mode, "k": chosen.k},
+            tags={
+                "window": fit.window,
+                "mode": self.spec.mode,
+                "k": chosen.k,
+                SEGMENT_NAMES_TAG: segment_names_line(fit.segments),
+                registry.SEGMENTS_TAG: segments_json(fit.segments),
+            },
         )
         log.info(
             "window %d: k=%d silhouette=%.4f -> %s version %s",
@@ -208,9 +246,16 @@ def experiment_id(client: MlflowClient, settings: Settings) -> str:
 
     MLflow would put them under ./mlruns of whatever the working directory is. That is its own
     default, kept when the database is in the working directory (`sqlite:///mlflow.db`).
+
+    The experiment is marked as model development (EXPERIMENT_KIND_TAG), also when an existing
+    one lacks the mark; a kind someone chose is left alone.
     """
     experiment = client.get_experiment_by_name(settings.experiment_name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT
+            )
         return experiment.experiment_id
     location = None
     uri = settings.mlflow_tracking_uri
@@ -218,7 +263,85 @@ def experiment_id(client: MlflowClient, settings: Settings) -> str:
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
         if folder != Path.cwd().resolve():
             location = (folder / "mlruns").as_uri()
-    return client.create_experiment(settings.experiment_name, artifact_location=location)
+    return client.create_experiment(
+        settings.experiment_name,
+        artifact_location=location,
+        tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT},
+    )
+
+
+def experiment_page(ui_url: str, experiment_id: str) -> str:
+    """The experiment in the MLflow UI at `ui_url` (e.g. http://127.0.0.1:5001), on its runs.
+
+    MLflow 3.17's UI opens every experiment on the GenAI overview while its sidebar switch
+    "GenAI / Model training" (kept per browser, GenAI at first) says GenAI: the experiment-kind
+    tag alone does not change that. The `workflowType` parameter sets the switch for the visit,
+    so this link opens on the runs table in any browser.
+    """
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+class KafkaWindowSource(DatasetSource):
+    """Where a window's rows came from: a Kafka topic and an offset range per partition."""
+
+    def __init__(self, topic: str, offsets: dict[int, list[int]]) -> None:
+        self.topic = topic
+        self.offsets = {int(p): [int(start), int(end)] for p, (start, end) in offsets.items()}
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "kafka"
+
+    def load(self) -> Any:
+        raise NotImplementedError("a window is read from its Parquet file, not replayed from Kafka")
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> KafkaWindowSource:
+        raise NotImplementedError("build a KafkaWindowSource from a window's manifest")
+
+    def to_dict(self) -> dict[str, Any]:
+        ranges = ",".join(f"{p}:{s}-{e}" for p, (s, e) in sorted(self.offsets.items()))
+        return {
+            "uri": f"kafka://{self.topic}?offsets={ranges}",  # partition:start-end, end exclusive
+            "topic": self.topic,
+            "offsets": {str(p): r for p, r in sorted(self.offsets.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> KafkaWindowSource:
+        return cls(source_dict["topic"], source_dict["offsets"])
+
+
+class WindowDataset(MetaDataset):
+    """A window as an MLflow dataset input: name `window-<i>`, the window's digest, its Kafka
+    source, row count and invoice dates; metadata only (the rows stay in the window file)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        super().__init__(
+            KafkaWindowSource(manifest.topic, manifest.offsets),
+            name=f"window-{manifest.window}",
+            digest=manifest.digest,
+            schema=WINDOW_SCHEMA,
+        )
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        """Shown in the UI's dataset drawer, which does not show a source of its own kind."""
+        m = self.manifest
+        return {
+            "num_rows": m.rows,
+            "first_invoice_date": m.first_invoice_date,
+            "last_invoice_date": m.last_invoice_date,
+            "source": self.source.to_dict()["uri"],
+        }
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
 
 @functools.cache  # the same for every window of a training

@@ -2,9 +2,11 @@
 
 The project's own training (`pipelines.train.train_windows`) fills a fresh SQLite store in tmp
 with three window runs and three registered versions; `make ui` serves that store on a free port;
-headless Chromium (Debian's, see tests/browser.py) opens the experiment's runs, each run and the
-registered model, and the test reads the pages as rendered. Every page is saved as a full-page PNG
-under test-artifacts/mlflow-ui/, failing or not, so a red run shows what the browser saw.
+headless Chromium (Debian's, see tests/browser.py) opens the experiment (it must land on the runs
+table, not MLflow 3's GenAI overview, and show each run's windows as datasets), the runs, each run
+and the registered model, and the test reads the pages as rendered. Every page is saved as a
+full-page PNG under test-artifacts/mlflow-ui/, failing or not, so a red run shows what the browser
+saw.
 
 Without Chromium the install script is tried once; if that fails the tests skip with its error.
 """
@@ -37,9 +39,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
 from pipelines.data.generator import generate_dataset
-from pipelines.ingest.window_files import write_windows
+from pipelines.ingest.window_files import read_manifests, write_windows
 from pipelines.train import train_windows
-from pipelines.training.tracking import TrainedWindow
+from pipelines.training.fitting import training_windows
+from pipelines.training.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_DEVELOPMENT,
+    TrainedWindow,
+    experiment_page,
+)
 from tests.browser import chromium_unavailable, headless_chromium, save_full_page
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -52,6 +60,7 @@ UI_START_SECONDS = 180  # four uvicorn workers importing MLflow on a busy two-co
 PAGE_SECONDS = 60
 SILHOUETTE_COL = "metrics.`silhouette`"
 RUN_NAME_COL = "attributes.`Run Name`"
+DATASET_COL = "attributes.`Dataset`"
 
 T = TypeVar("T")
 
@@ -62,8 +71,10 @@ class TrainedStore:
 
     url: str
     experiment_id: str
+    experiment_tags: dict[str, str]
     model_name: str
     trained: list[TrainedWindow]
+    digests: dict[int, str]  # window -> the digest in its manifest
 
 
 class UIServer:
@@ -169,7 +180,15 @@ def store(
         mlflow.set_tracking_uri(previous_uri)
         server.wait_until_up()
         experiment = MlflowClient(uri).get_experiment_by_name(settings.experiment_name)
-        yield TrainedStore(server.url, experiment.experiment_id, settings.model_name, trained)
+        digests = {m.window: m.digest for m in read_manifests(root / "windows")}
+        yield TrainedStore(
+            server.url,
+            experiment.experiment_id,
+            experiment.tags,
+            settings.model_name,
+            trained,
+            digests,
+        )
     finally:
         mlflow.set_tracking_uri(previous_uri)
         server.stop()
@@ -250,6 +269,55 @@ def test_experiment_runs_show_each_window_with_its_silhouette(
     for t in store.trained:
         assert names[t.run_id].splitlines()[-1] == f"window-{t.window}"  # after a colour tag
         assert float(silhouettes[t.run_id]) == pytest.approx(t.silhouette, rel=1e-9)
+
+
+def test_experiment_opens_on_runs_with_the_windows_each_model_saw(
+    browser: WebDriver, store: TrainedStore
+) -> None:
+    """The experiment link lands on the runs table, whose Dataset column lists every window a
+    run was trained on (name and digest, context Training); a window's drawer names its source."""
+    assert store.experiment_tags[EXPERIMENT_KIND_TAG] == MODEL_DEVELOPMENT
+    browser.get(experiment_page(store.url, store.experiment_id))
+    runs_path = f"#/experiments/{store.experiment_id}/runs"
+
+    def datasets(d: WebDriver) -> dict[str, str] | None:
+        cells = {t.run_id: _cell(d, t.run_id, DATASET_COL) for t in store.trained}
+        return cells if runs_path in d.current_url and all(cells.values()) else None
+
+    def expanded(d: WebDriver) -> dict[str, str] | None:
+        """The Dataset cells once "Expand rows" lists every window of the last run."""
+        cells = datasets(d)
+        return cells if cells and cells[store.trained[-1].run_id].count("window-") == 3 else None
+
+    with _screenshot(browser, "experiment-opens-on-runs"):
+        _wait(browser, "the runs table with a Dataset column", datasets)
+        _close_assistant(browser)
+        browser.find_element(By.XPATH, "//*[normalize-space()='Expand rows']").click()
+        shown = _wait(browser, "every dataset of each run", expanded)
+    assert "/overview" not in browser.current_url
+    for t in store.trained:
+        expected = []
+        for window in training_windows(t.window, "cumulative"):
+            expected += [f"window-{window} ({store.digests[window]})", "Training"]
+        assert shown[t.run_id].splitlines() == expected
+
+    last = store.trained[-1]
+    with _screenshot(browser, f"dataset-window-{last.window}"):
+        browser.find_element(
+            By.XPATH,
+            f"//*[@row-id='{last.run_id}']//*[@col-id='{DATASET_COL}']"
+            f"//*[starts-with(normalize-space(), 'window-{last.window} (')]",
+        ).click()
+        drawer = _wait(
+            browser,
+            "the dataset drawer",
+            lambda d: next(
+                (e.text for e in d.find_elements(By.CSS_SELECTOR, "[role='dialog']") if e.text),
+                None,
+            ),
+        )
+    assert f"Digest: {store.digests[last.window]}" in drawer
+    assert f"kafka://{Settings.kafka_topic}?offsets=" in drawer
 
 
 @pytest.mark.parametrize("window", [1, 2, 3])

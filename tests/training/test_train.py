@@ -36,8 +36,8 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
+from pipelines.contract import EXAMPLE_RECORD, FEATURES
 from pipelines.data.generator import generate_dataset
-from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import (
     combine_digests,
     read_manifests,
@@ -221,9 +221,7 @@ def test_artifacts_centers_profile_and_comparison(training: Training, tmp_path: 
 def test_every_version_loads_with_spark_and_pyfunc_and_predicts(
     training: Training, spark: SparkSession
 ) -> None:
-    rows = pd.DataFrame(
-        {"TotalQuantity": [100, 5000], "TotalAmount": [2000.0, 9000.0], "NumInvoices": [5, 2]}
-    )
+    rows = pd.DataFrame([EXAMPLE_RECORD, dict(zip(FEATURES, (5000, 9000.0, 2), strict=True))])
     for t in training.trained:
         model = mlflow.spark.load_model(f"models:/{NAME}/{t.version}")
         predicted = model.transform(spark.createDataFrame(rows)).select(PREDICTION_COL).collect()
@@ -479,7 +477,7 @@ def test_training_against_a_tracking_server_over_http(
         assert (int(version.version), version.run_id) == (1, trained.run_id)
         assert version.source.startswith("mlflow-artifacts:/")
         model = mlflow.pyfunc.load_model(model_uri(NAME, "model1"))
-        rows = pd.DataFrame({"TotalQuantity": [100], "TotalAmount": [2000.0], "NumInvoices": [5]})
+        rows = pd.DataFrame([EXAMPLE_RECORD])
         assert 0 <= model.predict(rows)[0] < 4
     finally:
         mlflow.set_tracking_uri(previous_uri)
