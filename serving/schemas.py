@@ -1,4 +1,6 @@
-"""Request validation: one customer record, or a JSON array of them, straight from the raw body.
+"""The API's bodies as schema models: the request (one customer record, or a JSON array of them),
+validated straight from the raw bytes, and every response and error, which serving.openapi turns
+into the OpenAPI document.
 
 pydantic-core parses and validates the bytes in one pass (no `json.loads` first). Types are strict:
 a string, boolean, null or list is never coerced into a number. Errors are turned into one message
@@ -8,7 +10,7 @@ that names each field and what is wrong with it.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NotRequired, Union
 
 import pydantic_core
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema, with_config
@@ -44,8 +46,124 @@ RECORD = TypeAdapter(CustomerRecord)
 
 
 @functools.cache
+def batch_type(max_batch: int) -> Any:
+    """A batch: a JSON array of 1 to `max_batch` records."""
+    return Annotated[list[CustomerRecord], Field(min_length=1, max_length=max_batch)]
+
+
+@functools.cache
 def batch_adapter(max_batch: int) -> TypeAdapter[list[CustomerRecord]]:
-    return TypeAdapter(Annotated[list[CustomerRecord], Field(min_length=1, max_length=max_batch)])
+    return TypeAdapter(batch_type(max_batch))
+
+
+@functools.cache
+def predict_request(max_batch: int) -> Any:
+    """The body of `POST /predict_cluster_<alias>`: one record, or a batch."""
+    return Union[CustomerRecord, batch_type(max_batch)]  # noqa: UP007 (an Annotated member)
+
+
+# The responses. Attribute docstrings become the fields' descriptions in the OpenAPI document.
+DOCUMENTED = ConfigDict(use_attribute_docstrings=True)
+
+
+@with_config(DOCUMENTED)
+class Cluster(TypedDict):
+    """The cluster of one record."""
+
+    cluster: int
+    """Index of the nearest cluster center, 0 to k - 1."""
+
+
+@with_config(DOCUMENTED)
+class Clusters(TypedDict):
+    """The cluster of each record of a batch, in the batch's order."""
+
+    clusters: list[int]
+
+
+@with_config(DOCUMENTED)
+class Error(TypedDict):
+    """Every 4xx and 5xx answer."""
+
+    error: str
+    """What is wrong, naming the field, limit or endpoint concerned."""
+    request_id: NotRequired[str]
+    """On a 500: the id of the request in the log, where the traceback is."""
+
+
+@with_config(DOCUMENTED)
+class Health(TypedDict):
+    status: Literal["ok"]
+
+
+@with_config(DOCUMENTED)
+class AliasState(TypedDict):
+    """What an alias serves and, if its last refresh failed, why."""
+
+    version: int | None
+    """The registered version loaded, or null if none could be."""
+    error: str | None
+
+
+@with_config(DOCUMENTED)
+class Ready(TypedDict):
+    ready: Literal[True]
+    models: dict[str, AliasState]
+
+
+@with_config(DOCUMENTED)
+class NotReady(TypedDict):
+    error: str
+    """Per alias without a model: why."""
+    ready: Literal[False]
+    models: dict[str, AliasState]
+
+
+@with_config(DOCUMENTED)
+class Centers(TypedDict):
+    scaled: list[list[float]]
+    """The KMeans centers, in the space the model computes distances in."""
+    original_units: list[list[float]]
+    """The same centers in the units of the request's fields."""
+
+
+@with_config(DOCUMENTED)
+class ModelInfo(TypedDict):
+    """The version an alias serves and its training facts; only `version` and `error` when none
+    is loaded."""
+
+    version: int | None
+    error: str | None
+    """Why the last refresh of the alias failed; null when it succeeded."""
+    run_id: NotRequired[str | None]
+    window: NotRequired[int | str | None]
+    """The stream window the model was trained on."""
+    k: NotRequired[int]
+    silhouette: NotRequired[float | None]
+    features: NotRequired[list[str]]
+    centers: NotRequired[Centers]
+    loaded_at: NotRequired[float]
+    """Unix time the worker loaded it."""
+
+
+@with_config(DOCUMENTED)
+class Models(TypedDict):
+    model_name: str
+    aliases: dict[str, ModelInfo]
+
+
+@with_config(DOCUMENTED)
+class Workers(TypedDict):
+    reloaded: int
+    """Live workers that refreshed since the reload was asked for."""
+    pending: list[int]
+    """PIDs of the workers that had not confirmed when the wait ended."""
+
+
+@with_config(DOCUMENTED)
+class Reloaded(TypedDict):
+    models: dict[str, AliasState]
+    workers: Workers
 
 
 class BadRequest(ValueError):
