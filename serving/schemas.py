@@ -4,12 +4,15 @@ into the OpenAPI document.
 
 pydantic-core parses and validates the bytes in one pass (no `json.loads` first). Types are strict:
 a string, boolean, null or list is never coerced into a number. Errors are turned into one message
-that names each field and what is wrong with it.
+that names each field and what is wrong with it. A key that appears twice in an object is an error
+too (JSON parsers keep the last value silently): a valid record has exactly one `:` per field, so
+one count over the bytes tells, and only then is the body parsed again to name the key.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from typing import Annotated, Any, Literal, NotRequired, Union
 
 import pydantic_core
@@ -177,17 +180,57 @@ def parse_body(body: bytes, max_batch: int) -> CustomerRecord | list[CustomerRec
         raise BadRequest("empty body: send a JSON object, or a JSON array of objects")
     try:
         if start == b"[":
-            return batch_adapter(max_batch).validate_json(body)
-        if start == b"{":
-            return RECORD.validate_json(body)
-        value = pydantic_core.from_json(body)
+            parsed: Any = batch_adapter(max_batch).validate_json(body)
+            fields = len(parsed) * len(FEATURES)
+        elif start == b"{":
+            parsed = RECORD.validate_json(body)
+            fields = len(FEATURES)
+        else:
+            value = pydantic_core.from_json(body)
+            raise BadRequest(
+                f"body must be a JSON object, or a JSON array of objects; got {_json_type(value)}"
+            )
     except ValidationError as exc:
-        raise BadRequest(describe(exc, max_batch)) from None
+        # A duplicate may be why (the last value won and is wrong): say so first.
+        raise BadRequest(duplicate_key(body) or describe(exc, max_batch)) from None
+    except BadRequest:
+        raise
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
-    raise BadRequest(
-        f"body must be a JSON object, or a JSON array of objects; got {_json_type(value)}"
-    )
+    # Valid records hold feature names and numbers only: one `:` per member, none elsewhere.
+    if body.count(b":") != fields:
+        raise BadRequest(duplicate_key(body) or "a key appears twice")
+    return parsed
+
+
+class _Members(dict):
+    """A JSON object that remembers the first key it saw twice."""
+
+    duplicate: str | None = None
+
+
+def _members(pairs: list[tuple[str, Any]]) -> _Members:
+    obj = _Members()
+    for key, value in pairs:
+        if key in obj and obj.duplicate is None:
+            obj.duplicate = key
+        obj[key] = value
+    return obj
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The error for the first record (the object, or an object of the array) that has a key
+    twice, naming it: `[3].TotalAmount: duplicate key ...`; None when there is none."""
+    try:
+        value = json.loads(body, object_pairs_hook=_members)
+    except (ValueError, RecursionError):
+        return None
+    records = value if isinstance(value, list) else [value]
+    for index, record in enumerate(records):
+        if isinstance(record, _Members) and record.duplicate is not None:
+            where = f"[{index}].{record.duplicate}" if value is records else record.duplicate
+            return f"{where}: duplicate key (each field may appear once)"
+    return None
 
 
 def describe(exc: ValidationError, max_batch: int, limit: int = 5) -> str:
