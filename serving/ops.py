@@ -1,4 +1,9 @@
-"""Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, reload."""
+"""Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, reload.
+
+`/admin/*` is safe by default: with SERVING_ADMIN_TOKEN set, it takes that bearer token from
+anyone; without it, it answers loopback clients only (and `python -m serving` refuses to listen
+on any other address, see serving.server).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,34 @@ from serving.openapi import document as openapi_document
 from serving.reload import ReloadBoard
 from serving.responses import error_response, json_response
 from serving.schemas import Health, NotReady, Ready, Reloaded
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, is_loopback
 
 bp = Blueprint("ops", __name__)
 RELOAD_WAIT = 20.0  # seconds `POST /admin/reload` waits for the other workers
+ADMIN_TOKEN_HELP = "set SERVING_ADMIN_TOKEN and send it as `Authorization: Bearer <token>`"
+
+
+@bp.before_request
+def guard_admin() -> Response | None:
+    """Every `/admin/*` request: the token when one is set, else a loopback client."""
+    if not request.path.startswith("/admin/"):
+        return None
+    token = current_app.extensions["serving.settings"].admin_token
+    if token is None:
+        client = request.remote_addr or ""
+        if is_loopback(client):
+            return None
+        return error_response(
+            f"/admin/* answers only loopback clients while no admin token is set (this request "
+            f"came from {client}); {ADMIN_TOKEN_HELP}",
+            403,
+        )
+    sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if hmac.compare_digest(sent.encode(), token.encode()):
+        return None
+    response = error_response("a valid bearer token is required", 401)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 @bp.get("/health")
@@ -67,19 +96,13 @@ def openapi() -> Response:
         200: (Reloaded, "Every worker reloaded: per alias state, workers reloaded"),
         202: (Reloaded, "Reloaded here; the workers under `pending` have not confirmed yet"),
         401: error("A token is set and the request did not carry it"),
+        403: error("No token is set and the client is not on loopback"),
     }
 )
 def reload() -> Response:
     """Re-resolve the aliases now, in every worker; answers once they all have (or 20 s passed).
 
-    Needs the bearer token when SERVING_ADMIN_TOKEN is set."""
-    token = current_app.extensions["serving.settings"].admin_token
-    if token is not None:
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(sent.encode(), token.encode()):
-            response = error_response("a valid bearer token is required", 401)
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+    Needs the bearer token when SERVING_ADMIN_TOKEN is set; a loopback client otherwise."""
     registry = current_registry()
     board: ReloadBoard | None = current_app.extensions["serving.reload_board"]
     if board:  # every worker's poller refreshes, this one's included
