@@ -1,4 +1,4 @@
-"""Logs to stderr and to a size-rotated file, shared safely by all gunicorn workers.
+"""Logs to stderr and to a size-rotated file, shared safely by all worker processes.
 
 The standard RotatingFileHandler assumes one process: with several workers each would rotate on
 its own and keep writing into files the others renamed. Here a worker reopens the log when
