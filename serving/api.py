@@ -38,8 +38,11 @@ def current_registry() -> ModelRegistry:
 def _read_body(limit: int) -> bytes:
     """The raw body; 413 beyond `limit` bytes, also when it comes chunked (Werkzeug's stream
     then stops quietly at the limit, so the rest would be cut off rather than refused)."""
-    if request.content_length is not None:  # Werkzeug has compared it with the limit already
-        return request.get_data(cache=False)
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise RequestEntityTooLarge()
+        return request.environ["wsgi.input"].read(length)
     if not request.environ.get("wsgi.input_terminated"):  # no length, no framing: no body
         return b""
     body = request.environ["wsgi.input"].read(limit + 1)
