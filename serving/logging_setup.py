@@ -32,12 +32,10 @@ class SharedRotatingFileHandler(RotatingFileHandler):
             line = self.format(record) + self.terminator
             if self.stream is None:
                 self.stream = self._open()
-            self._reopen_if_rotated()
-            if self._full(line):
+            if self._full(self._current_size(), line):
                 with open(self._lock_path, "a") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)  # released on close
-                    self._reopen_if_rotated()
-                    if self._full(line):
+                    if self._full(self._current_size(), line):
                         self.doRollover()
             self.stream.write(line)
             self.stream.flush()
@@ -46,17 +44,22 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         except Exception:
             self.handleError(record)
 
-    def _full(self, line: str) -> bool:
-        return self.maxBytes > 0 and self.stream.seek(0, os.SEEK_END) + len(line) >= self.maxBytes
+    def _full(self, size: int, line: str) -> bool:
+        return self.maxBytes > 0 and size + len(line) >= self.maxBytes
 
-    def _reopen_if_rotated(self) -> None:
+    def _current_size(self) -> int:
+        """The size of the log file, reopened first if another process rotated it (same path,
+        new inode). Two system calls: this runs for every access line."""
+        stream = os.fstat(self.stream.fileno())
         try:
-            rotated = os.stat(self.baseFilename).st_ino != os.fstat(self.stream.fileno()).st_ino
+            rotated = os.stat(self.baseFilename).st_ino != stream.st_ino
         except FileNotFoundError:
             rotated = True
-        if rotated:
-            self.stream.close()
-            self.stream = self._open()
+        if not rotated:
+            return stream.st_size  # every write is flushed: nothing is buffered
+        self.stream.close()
+        self.stream = self._open()
+        return os.fstat(self.stream.fileno()).st_size
 
 
 def configure(level: str, log_file: Path | None, max_bytes: int, backups: int) -> logging.Logger:
