@@ -31,6 +31,8 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from granian.rsgi import ProtocolClosed
+
 from serving.responses import error_payload, json_body
 from serving.settings import ServingSettings
 
@@ -117,10 +119,8 @@ class Gateway:
         try:
             answer = await self._answer(scope, protocol)
             protocol.response_bytes(*answer)
-        except Exception as exc:
-            if type(exc).__name__ == "RSGIProtocolClosed":  # the client went away meanwhile
-                return
-            raise
+        except ProtocolClosed:  # the client went away meanwhile: nobody to answer
+            pass
         finally:
             self.in_flight -= 1
 
