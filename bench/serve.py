@@ -1,20 +1,24 @@
 """Serving latency and throughput, side by side, on one registered model version.
 
-    python -m bench.serve [--synthetic] [--alias model1] [--duration 5]
+    python -m bench.serve [--synthetic] [--alias model1] [--duration 5] [--only this,gunicorn]
 
-Three servers answer the same request for the version that `--alias` points at, one at a time so
+Four servers answer the same request for the version that `--alias` points at, one at a time so
 they never share the 2 cores:
 
-- this project: `python -m serving` (gunicorn, 2 gthread workers, JVM-free predictor);
+- this project: `python -m serving` (granian, 2 workers, serving.gateway, JVM-free predictor);
+- the previous setup of this project: the same Flask app under gunicorn, 2 gthread workers of 4
+  threads, SO_REUSEPORT, keep-alive 5 s (gunicorn is a dev dependency for this comparison only);
 - `mlflow models serve -m models:/<name>@<alias> --env-manager local` (uvicorn, Spark pyfunc);
 - the seed's approach: Flask with a Spark `transform` per request (bench/seed_server.py).
 
 For each: cold start (process start to first 200 from its readiness URL), single-row latency
-p50/p99 and requests/s at 1, 8 and 32 concurrent keep-alive connections (`wrk`, one thread, over
-127.0.0.1), and the latency of one 10,000-row batch (Python `requests`, keep-alive, median of
-several). The load generator runs on the same 2 cores as the server. Since requests/s depend on
-whatever else the machine runs, the CPU time the server's processes spend per request (read from
-/proc) is reported too, with the requests/s it implies for 2 otherwise idle cores.
+p50/p99 and requests/s at 1, 8, 32 and 256 concurrent keep-alive connections (`wrk`, one thread,
+over 127.0.0.1), the latency of one 10,000-row batch (Python `requests`, keep-alive, median of
+several), and the half-open test: 1,000 connections that sent a request line and one header and
+then nothing, held open while one normal request is timed (10 s at most). The load generator runs
+on the same 2 cores as the server. Since requests/s depend on whatever else the machine runs, the
+CPU time the server's processes spend per request (read from /proc) is reported too, with the
+requests/s it implies for 2 otherwise idle cores.
 
 `--synthetic` registers a fresh version in a temporary store first (needs Spark); otherwise the
 store of MLFLOW_TRACKING_URI is used, as `pipelines.train` leaves it.
@@ -29,6 +33,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,11 +53,14 @@ from pipelines.data.schema import FEATURES
 
 SEED_RECORD = EXAMPLE_RECORD  # the seed's request, from the feature contract
 Rows = list[tuple[int, float, int]]
-CONCURRENCY = (1, 8, 32)
+CONCURRENCY = (1, 8, 32, 256)
+HALF_OPEN = 1000  # connections held by the half-open test
+HALF_OPEN_WAIT = 10.0  # seconds the normal request may take
 GOALS = {
-    "p50_ms": 1.5,
-    "speedup_vs_mlflow": 50.0,
-    "rps": 3000.0,
+    "p50_ms": 0.6,
+    "speedup_vs_mlflow": 100.0,
+    "rps_clients": 32,
+    "rps": 6000.0,
     "batch_ms": 25.0,
     "ready_s": 3.0,
 }
@@ -86,6 +94,12 @@ class Result:
     # requests/s, this hardly depends on what else the machine is running.
     server_cpu_us: float = float("nan")
     wrk_cpu_us: float = float("nan")
+    # Seconds one normal request took with HALF_OPEN half-open connections held; nan: no answer.
+    half_open_s: float = float("nan")
+
+    @property
+    def half_open_ms(self) -> float:
+        return self.half_open_s * 1000
 
     @property
     def capacity(self) -> float:
@@ -224,7 +238,7 @@ def measure(server: Server, duration: float, batch: Rows) -> Result:
             server_cpu = cpu_seconds(process.pid) - cpu_before
             result.errors += errors
             result.rps[connections] = stats["rps"]
-            if connections == CONCURRENCY[-1]:
+            if connections == GOALS["rps_clients"] and stats["requests"]:
                 result.server_cpu_us = server_cpu / stats["requests"] * 1e6
                 result.wrk_cpu_us = stats["wrk_cpu"] / stats["requests"] * 1e6
             if connections == 1:
@@ -232,9 +246,48 @@ def measure(server: Server, duration: float, batch: Rows) -> Result:
             print(f"{connections:>2} clients: {stats} server_cpu={server_cpu:.2f}s", flush=True)
         result.batch_ms = batch_latency_ms(target, server.batch_body(batch), server.batch_reps)
         print(f"10,000-row batch: {result.batch_ms:.1f} ms", flush=True)
+        result.half_open_s = half_open(url, server.predict_path, server.single_body)
+        answered = (
+            f"answered in {result.half_open_s * 1000:.0f} ms"
+            if result.half_open_s == result.half_open_s
+            else f"no answer within {HALF_OPEN_WAIT:g} s"
+        )
+        print(f"one request with {HALF_OPEN:,} half-open connections held: {answered}", flush=True)
     finally:
         stop(process)
     return result
+
+
+def half_open(url: str, path: str, body: bytes) -> float:
+    """Hold HALF_OPEN connections that sent a request line and one header, then time one normal
+    request on a new connection: its seconds, or nan without an answer in HALF_OPEN_WAIT."""
+    host, port = url.removeprefix("http://").split(":")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, HALF_OPEN + 1024)), hard))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(HALF_OPEN):
+            sock = socket.create_connection((host, int(port)), timeout=HALF_OPEN_WAIT)
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n".encode())
+            held.append(sock)
+        begin = time.perf_counter()
+        try:
+            response = requests.post(
+                url + path,
+                data=body,
+                headers={"Content-Type": "application/json", "Connection": "close"},
+                timeout=HALF_OPEN_WAIT,
+            )
+        except requests.RequestException:
+            return float("nan")
+        elapsed = time.perf_counter() - begin
+        return elapsed if response.ok else float("nan")
+    except OSError:  # could not even open the connections
+        return float("nan")
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def records(rows: Rows) -> bytes:
@@ -252,6 +305,10 @@ def contenders(model_name: str, alias: str, only: set[str], scratch: Path) -> li
     python = sys.executable
     venv_path = {"PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"}
     single_split = split([tuple(SEED_RECORD.values())])
+    # Logging as deployed: stderr (discarded here) and the rotating file.
+    ours = {"SERVING_ALIASES": alias, "SERVING_LOG_FILE": str(scratch / "serving.log")}
+    gunicorn_metrics = scratch / "gunicorn-metrics"
+    gunicorn_metrics.mkdir()
     servers = [
         Server(
             name="this server (python -m serving)",
@@ -261,8 +318,25 @@ def contenders(model_name: str, alias: str, only: set[str], scratch: Path) -> li
             single_body=json.dumps(SEED_RECORD).encode(),
             batch_body=records,
             batch_reps=20,
-            # Logging as deployed: stderr (discarded here) and the rotating file.
-            env={"SERVING_ALIASES": alias, "SERVING_LOG_FILE": str(scratch / "serving.log")},
+            env=ours,
+        ),
+        Server(
+            # The setup `python -m serving` had before granian, as its gunicorn_conf set it.
+            name="gunicorn (previous setup)",
+            command=[python, "-m", "gunicorn", "--bind", "127.0.0.1:{port}"]
+            + ["--workers", "2", "--worker-class", "gthread", "--threads", "4"]
+            + ["--reuse-port", "--keep-alive", "5", "--timeout", "30", "--graceful-timeout", "10"]
+            + ["--no-control-socket", "serving.app:create_app()"],
+            ready_path="/ready",
+            predict_path=f"/predict_cluster_{alias}",
+            single_body=json.dumps(SEED_RECORD).encode(),
+            batch_body=records,
+            batch_reps=20,
+            env=ours
+            | {
+                "PROMETHEUS_MULTIPROC_DIR": str(gunicorn_metrics),
+                "SERVING_LOG_FILE": str(scratch / "gunicorn.log"),
+            },
         ),
         Server(
             name="mlflow models serve",
@@ -300,7 +374,9 @@ def table(results: list[Result]) -> str:
     ours = results[0]
 
     def ratio(theirs: float, mine: float) -> str:
-        return f"{theirs / mine:,.0f}x" if mine and not np.isnan(theirs) else "-"
+        if not mine or np.isnan(theirs) or np.isnan(mine):
+            return "-"
+        return f"{theirs / mine:,.{1 if theirs / mine < 10 else 0}f}x"
 
     rows = [
         ("cold start to ready (s)", "ready_s", "{:.2f}", True),
@@ -311,6 +387,7 @@ def table(results: list[Result]) -> str:
         ("10,000-row batch (ms)", "batch_ms", "{:.1f}", True),
         ("server CPU per request, 32 clients (us)", "server_cpu_us", "{:,.0f}", True),
         ("requests/s on 2 idle cores (from CPU)", "capacity", "{:,.0f}", False),
+        (f"one request, {HALF_OPEN:,} half-open held (ms)", "half_open_ms", "{:,.0f}", True),
     ]
     header = "| | " + " | ".join(r.name for r in results) + " |"
     lines = [header, "|---" * (len(results) + 1) + "|"]
@@ -319,8 +396,8 @@ def table(results: list[Result]) -> str:
         for r in results:
             value = r.rps.get(key, float("nan")) if isinstance(key, int) else getattr(r, key)
             mine = ours.rps.get(key) if isinstance(key, int) else getattr(ours, key)
-            cell = fmt.format(value)
-            if r is not ours:
+            cell = fmt.format(value) if value == value else "no answer"
+            if r is not ours and value == value:
                 cell += f" ({ratio(value, mine) if lower_is_better else ratio(mine, value)})"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -330,18 +407,23 @@ def table(results: list[Result]) -> str:
 
 def goals(results: list[Result]) -> str:
     ours = results[0]
-    mlflow_serve = next((r for r in results if r.name.startswith("mlflow")), None)
+    clients = GOALS["rps_clients"]
     checks = [
         (f"p50 <= {GOALS['p50_ms']} ms", ours.p50_ms <= GOALS["p50_ms"], f"{ours.p50_ms:.2f} ms"),
         (
-            f"requests/s >= {GOALS['rps']:,.0f}, measured",
-            max(ours.rps.values()) >= GOALS["rps"],
-            f"{max(ours.rps.values()):,.0f}",
+            f"requests/s at {clients} clients >= {GOALS['rps']:,.0f}, measured",
+            ours.rps.get(clients, 0) >= GOALS["rps"],
+            f"{ours.rps.get(clients, 0):,.0f}",
         ),
         (
             f"requests/s >= {GOALS['rps']:,.0f}, from CPU per request on 2 idle cores",
             ours.capacity >= GOALS["rps"],
             f"{ours.capacity:,.0f}",
+        ),
+        (
+            f"one request answered with {HALF_OPEN:,} half-open connections held",
+            ours.half_open_s < HALF_OPEN_WAIT,
+            f"{ours.half_open_ms:,.0f} ms" if ours.half_open_s == ours.half_open_s else "none",
         ),
         (
             f"10,000-row batch <= {GOALS['batch_ms']} ms",
@@ -354,6 +436,7 @@ def goals(results: list[Result]) -> str:
             f"{ours.ready_s:.2f} s",
         ),
     ]
+    mlflow_serve = next((r for r in results if r.name.startswith("mlflow")), None)
     if mlflow_serve:
         speedup = mlflow_serve.p50_ms / ours.p50_ms
         checks.append(
@@ -363,9 +446,15 @@ def goals(results: list[Result]) -> str:
                 f"{speedup:,.0f}x",
             )
         )
-    return "\n".join(
-        f"- {'met' if ok else 'MISSED'}: {goal} ({value})" for goal, ok, value in checks
-    )
+    lines = [f"- {'met' if ok else 'MISSED'}: {goal} ({value})" for goal, ok, value in checks]
+    for other in results[1:]:
+        lines.append(
+            f"- vs {other.name}: p50 {other.p50_ms / ours.p50_ms:,.1f}x lower, requests/s at "
+            + ", ".join(
+                f"{c}: {ours.rps[c] / other.rps[c]:,.1f}x" for c in CONCURRENCY if other.rps.get(c)
+            )
+        )
+    return "\n".join(lines)
 
 
 def synthetic_store(root: Path) -> str:
@@ -390,12 +479,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--synthetic", action="store_true", help="register a model in a temp store")
     parser.add_argument(
-        "--only", default="this,mlflow,seed", help="comma-separated subset: this,mlflow,seed"
+        "--only",
+        default="this,gunicorn,mlflow,seed",
+        help="comma-separated subset: this,gunicorn,mlflow,seed",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed as the load generator: apt-get install wrk")
 
+    load_at_start = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
         if args.synthetic:
@@ -417,8 +509,9 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(
-        f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
-        f"wrk: 1 thread on the same cores; {args.duration:g} s per run\n"
+        f"\n{os.cpu_count()} cores, load average {load_at_start:.1f} at the start and "
+        f"{os.getloadavg()[0]:.1f} at the end (1 minute); wrk: 1 thread on the same cores; "
+        f"{args.duration:g} s per run\n"
     )
     print(table(results))
     print()

@@ -1,4 +1,4 @@
-"""The model server: a Flask app under gunicorn that answers from MLflow-registered Spark models
+"""The model server: a Flask app behind granian that answers from MLflow-registered Spark models
 without Spark (see serving.predictor)."""
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ pure-Python nearest-center search, write a tiny JSON body. Batches go through nu
 
 from __future__ import annotations
 
-import json
 from itertools import chain
 from operator import itemgetter
 
@@ -15,13 +14,21 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from serving import metrics
+from serving.openapi import documented, error
 from serving.registry import ModelRegistry
-from serving.schemas import BadRequest, CustomerRecord, parse_body
+from serving.responses import error_response, json_response
+from serving.schemas import (
+    BadRequest,
+    Cluster,
+    Clusters,
+    CustomerRecord,
+    Models,
+    parse_body,
+    predict_request,
+)
 from serving.settings import ServingSettings
 
-
-def json_response(payload: object, status: int = 200) -> Response:
-    return Response(json.dumps(payload), status=status, mimetype="application/json")
+SEED_EXAMPLE = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 
 
 def current_registry() -> ModelRegistry:
@@ -31,8 +38,11 @@ def current_registry() -> ModelRegistry:
 def _read_body(limit: int) -> bytes:
     """The raw body; 413 beyond `limit` bytes, also when it comes chunked (Werkzeug's stream
     then stops quietly at the limit, so the rest would be cut off rather than refused)."""
-    if request.content_length is not None:  # Werkzeug has compared it with the limit already
-        return request.get_data(cache=False)
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise RequestEntityTooLarge()
+        return request.environ["wsgi.input"].read(length)
     if not request.environ.get("wsgi.input_terminated"):  # no length, no framing: no body
         return b""
     body = request.environ["wsgi.input"].read(limit + 1)
@@ -50,8 +60,24 @@ def _matrix(records: list[CustomerRecord], columns: tuple[str, ...]) -> np.ndarr
     return flat.reshape(len(records), len(columns))
 
 
+@documented(
+    request=lambda settings: predict_request(settings.max_batch),
+    example=SEED_EXAMPLE,
+    responses={
+        200: (
+            Cluster | Clusters,
+            '`{"cluster": n}` for one record, `{"clusters": [...]}` for a batch',
+        ),
+        400: error("Malformed JSON, an invalid or duplicate field (the message names it)"),
+        415: error("Content-Type is not application/json"),
+        503: error("No model is loaded for this alias (the message says why)"),
+        500: error("Unexpected failure; the request id points to the log"),
+    },
+)
 def predict(alias: str) -> Response:
-    """Assign a cluster to one record (`{"cluster": n}`) or to a list (`{"clusters": [...]}`)."""
+    """Cluster of one customer, or of each customer of a batch, by the model at this alias.
+
+    Assigns a cluster to one record (`{"cluster": n}`) or to a list (`{"clusters": [...]}`)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.mimetype or 'none'}"
@@ -60,11 +86,11 @@ def predict(alias: str) -> Response:
     try:
         body = parse_body(_read_body(settings.max_body_bytes), settings.max_batch)
     except BadRequest as exc:
-        return json_response({"error": str(exc)}, 400)
+        return error_response(str(exc), 400)
 
     slot = current_registry().slot(alias)  # read once: a swap meanwhile does not affect it
     if slot.model is None:
-        return json_response({"error": f"model {alias} is not available: {slot.error}"}, 503)
+        return error_response(f"model {alias} is not available: {slot.error}", 503)
     model = slot.model.model
     columns = model.input_cols
     if isinstance(body, dict):
@@ -78,8 +104,9 @@ def predict(alias: str) -> Response:
     return response
 
 
+@documented(responses={200: (Models, "The loaded models")})
 def models() -> Response:
-    """Per alias: the version served and its training facts, or why none is."""
+    """Per alias: version, run id, window, k, silhouette, cluster centers; or why none is loaded."""
     registry = current_registry()
     out = {}
     for alias in registry.aliases:

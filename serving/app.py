@@ -1,7 +1,7 @@
 """The Flask app factory: routes, JSON errors, request bookkeeping (serving.observe), poller.
 
-Run it with `python -m serving` (gunicorn). The process never imports pyspark nor starts a JVM:
-models are read by `serving.predictor`.
+Run it with `python -m serving` (granian, through serving.gateway). The process never imports
+pyspark nor starts a JVM: models are read by `serving.predictor`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from serving import api, logging_setup, metrics, ops
-from serving.api import json_response
 from serving.observe import REQUEST_ID_KEY, RequestObserver
 from serving.registry import ModelRegistry, Poller, Slot
 from serving.reload import ReloadBoard
+from serving.responses import error_response
 from serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
@@ -43,7 +43,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     if poll:
-        # Load before returning: gunicorn starts a worker's accept loop only after this, so no
+        # Load before returning: granian starts a worker's accept loop only after this, so no
         # worker answers 503 for models that are about to load. If the registry is down, this
         # returns after one failed attempt and the poller keeps trying.
         poller = Poller(registry, settings.poll_interval, board)
@@ -77,7 +77,7 @@ def _http_error(exc: HTTPException) -> Response:
             message = f"request body is larger than the limit of {limit} bytes"
         case _:
             message = exc.description or exc.name
-    response = json_response({"error": message}, exc.code or 500)
+    response = error_response(message, exc.code or 500)
     if isinstance(exc, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(sorted(exc.valid_methods or []))
     return response
@@ -87,4 +87,4 @@ def _internal_error(exc: Exception) -> Response:
     """Anything unexpected: the traceback goes to the log, the client gets the request id."""
     request_id = request.environ.get(REQUEST_ID_KEY, "-")
     log.exception("unhandled error, request id %s: %s %s", request_id, request.method, request.path)
-    return json_response({"error": "internal error", "request_id": request_id}, 500)
+    return error_response("internal error", 500, request_id=request_id)

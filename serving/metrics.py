@@ -1,15 +1,17 @@
 """Prometheus metrics: requests and latency per endpoint (one endpoint per model), rows predicted
 and the version each alias serves.
 
-Under gunicorn every worker is a process with its own counters, so `python -m serving` sets
+Every worker is a process with its own counters, so `python -m serving` sets
 PROMETHEUS_MULTIPROC_DIR before this module is imported and `/metrics` aggregates the workers'
-files (prometheus_client multiprocess mode). Without it (tests, the Flask test client) the default
-in-process registry is used.
+files (prometheus_client multiprocess mode). Counters of a worker that died still count; its
+"live" gauges (the versions loaded) are dropped. Without the variable (tests, the Flask test
+client) the default in-process registry is used.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from serving.reload import alive
 
 REQUESTS = Counter(
     "serving_requests_total",
@@ -54,8 +58,18 @@ MODEL_LOADED = Gauge(
 
 def render() -> tuple[bytes, str]:
     """The exposition text: aggregated over workers in multiprocess mode."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        _forget_dead_workers(Path(directory))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def _forget_dead_workers(directory: Path) -> None:
+    """Remove the live gauges of workers that are gone (granian has no exit hook for them)."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(directory))

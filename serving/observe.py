@@ -70,9 +70,11 @@ class RequestObserver:
 def _drain(stream: Any, cap: int = 16 * 1024 * 1024) -> None:
     """Read and drop whatever body the app did not read (413, 415, 404...), up to `cap` bytes.
 
-    Otherwise gunicorn may close a keep-alive connection it has just announced as kept alive,
-    and the client's next request on it fails; or, for a large body, the kernel resets the
-    connection and the client never sees the 413.
+    Behind serving.gateway the body is already in memory and this costs nothing. A server that
+    streams the body into the app (gunicorn, which the benchmark still runs) may otherwise close
+    a keep-alive connection it has just announced as kept alive, and the client's next request
+    on it fails; or, for a large body, the kernel resets the connection and the client never sees
+    the 413.
     """
     while cap > 0 and (chunk := stream.read(min(65536, cap))):
         cap -= len(chunk)

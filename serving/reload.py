@@ -1,6 +1,6 @@
-"""`POST /admin/reload` for every gunicorn worker, not only the one that took the request.
+"""`POST /admin/reload` for every worker, not only the one that took the request.
 
-The workers share nothing but a directory (made by serving.gunicorn_conf). The worker that takes
+The workers share nothing but a directory (made by serving.server). The worker that takes
 the request bumps a generation number in it; every worker's poller looks at that number a few
 times a second, refreshes when it moved and then writes the generation it has reached to a file
 of its own. The request returns once every live worker has reached the new generation.
@@ -45,10 +45,6 @@ class ReloadBoard:
         """This worker has refreshed since `generation` was asked for."""
         _write_int(self.directory / f"worker-{os.getpid()}", generation)
 
-    def forget(self, pid: int) -> None:
-        """A worker exited: nobody waits for it (gunicorn's child_exit hook)."""
-        (self.directory / f"worker-{pid}").unlink(missing_ok=True)
-
     def wait(self, generation: int, timeout: float) -> tuple[int, list[int]]:
         """Wait until every live worker reached `generation`. Returns how many live workers
         have, and the PIDs of those that have not."""
@@ -63,7 +59,8 @@ class ReloadBoard:
         done, behind = 0, []
         for path in self.directory.glob("worker-*"):
             pid = int(path.name.removeprefix("worker-"))
-            if not _alive(pid):
+            if not alive(pid):  # a worker that died (granian starts another in its place)
+                path.unlink(missing_ok=True)
                 continue
             if _read_int(path) >= generation:
                 done += 1
@@ -86,7 +83,7 @@ def _write_int(path: Path, value: int) -> None:
     os.replace(partial, path)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # the workers are this user's processes
     except ProcessLookupError:

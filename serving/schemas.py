@@ -1,14 +1,19 @@
-"""Request validation: one customer record, or a JSON array of them, straight from the raw body.
+"""The API's bodies as schema models: the request (one customer record, or a JSON array of them),
+validated straight from the raw bytes, and every response and error, which serving.openapi turns
+into the OpenAPI document.
 
 pydantic-core parses and validates the bytes in one pass (no `json.loads` first). Types are strict:
 a string, boolean, null or list is never coerced into a number. Errors are turned into one message
-that names each field and what is wrong with it.
+that names each field and what is wrong with it. A key that appears twice in an object is an error
+too (JSON parsers keep the last value silently): a valid record has exactly one `:` per field, so
+one count over the bytes tells, and only then is the body parsed again to name the key.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, Literal, NotRequired, Union
 
 import pydantic_core
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema, with_config
@@ -51,8 +56,124 @@ RECORD = TypeAdapter(CustomerRecord)
 
 
 @functools.cache
+def batch_type(max_batch: int) -> Any:
+    """A batch: a JSON array of 1 to `max_batch` records."""
+    return Annotated[list[CustomerRecord], Field(min_length=1, max_length=max_batch)]
+
+
+@functools.cache
 def batch_adapter(max_batch: int) -> TypeAdapter[list[CustomerRecord]]:
-    return TypeAdapter(Annotated[list[CustomerRecord], Field(min_length=1, max_length=max_batch)])
+    return TypeAdapter(batch_type(max_batch))
+
+
+@functools.cache
+def predict_request(max_batch: int) -> Any:
+    """The body of `POST /predict_cluster_<alias>`: one record, or a batch."""
+    return Union[CustomerRecord, batch_type(max_batch)]  # noqa: UP007 (an Annotated member)
+
+
+# The responses. Attribute docstrings become the fields' descriptions in the OpenAPI document.
+DOCUMENTED = ConfigDict(use_attribute_docstrings=True)
+
+
+@with_config(DOCUMENTED)
+class Cluster(TypedDict):
+    """The cluster of one record."""
+
+    cluster: int
+    """Index of the nearest cluster center, 0 to k - 1."""
+
+
+@with_config(DOCUMENTED)
+class Clusters(TypedDict):
+    """The cluster of each record of a batch, in the batch's order."""
+
+    clusters: list[int]
+
+
+@with_config(DOCUMENTED)
+class Error(TypedDict):
+    """Every 4xx and 5xx answer."""
+
+    error: str
+    """What is wrong, naming the field, limit or endpoint concerned."""
+    request_id: NotRequired[str]
+    """On a 500: the id of the request in the log, where the traceback is."""
+
+
+@with_config(DOCUMENTED)
+class Health(TypedDict):
+    status: Literal["ok"]
+
+
+@with_config(DOCUMENTED)
+class AliasState(TypedDict):
+    """What an alias serves and, if its last refresh failed, why."""
+
+    version: int | None
+    """The registered version loaded, or null if none could be."""
+    error: str | None
+
+
+@with_config(DOCUMENTED)
+class Ready(TypedDict):
+    ready: Literal[True]
+    models: dict[str, AliasState]
+
+
+@with_config(DOCUMENTED)
+class NotReady(TypedDict):
+    error: str
+    """Per alias without a model: why."""
+    ready: Literal[False]
+    models: dict[str, AliasState]
+
+
+@with_config(DOCUMENTED)
+class Centers(TypedDict):
+    scaled: list[list[float]]
+    """The KMeans centers, in the space the model computes distances in."""
+    original_units: list[list[float]]
+    """The same centers in the units of the request's fields."""
+
+
+@with_config(DOCUMENTED)
+class ModelInfo(TypedDict):
+    """The version an alias serves and its training facts; only `version` and `error` when none
+    is loaded."""
+
+    version: int | None
+    error: str | None
+    """Why the last refresh of the alias failed; null when it succeeded."""
+    run_id: NotRequired[str | None]
+    window: NotRequired[int | str | None]
+    """The stream window the model was trained on."""
+    k: NotRequired[int]
+    silhouette: NotRequired[float | None]
+    features: NotRequired[list[str]]
+    centers: NotRequired[Centers]
+    loaded_at: NotRequired[float]
+    """Unix time the worker loaded it."""
+
+
+@with_config(DOCUMENTED)
+class Models(TypedDict):
+    model_name: str
+    aliases: dict[str, ModelInfo]
+
+
+@with_config(DOCUMENTED)
+class Workers(TypedDict):
+    reloaded: int
+    """Live workers that refreshed since the reload was asked for."""
+    pending: list[int]
+    """PIDs of the workers that had not confirmed when the wait ended."""
+
+
+@with_config(DOCUMENTED)
+class Reloaded(TypedDict):
+    models: dict[str, AliasState]
+    workers: Workers
 
 
 class BadRequest(ValueError):
@@ -66,17 +187,57 @@ def parse_body(body: bytes, max_batch: int) -> CustomerRecord | list[CustomerRec
         raise BadRequest("empty body: send a JSON object, or a JSON array of objects")
     try:
         if start == b"[":
-            return batch_adapter(max_batch).validate_json(body)
-        if start == b"{":
-            return RECORD.validate_json(body)
-        value = pydantic_core.from_json(body)
+            parsed: Any = batch_adapter(max_batch).validate_json(body)
+            fields = len(parsed) * len(FEATURES)
+        elif start == b"{":
+            parsed = RECORD.validate_json(body)
+            fields = len(FEATURES)
+        else:
+            value = pydantic_core.from_json(body)
+            raise BadRequest(
+                f"body must be a JSON object, or a JSON array of objects; got {_json_type(value)}"
+            )
     except ValidationError as exc:
-        raise BadRequest(describe(exc, max_batch)) from None
+        # A duplicate may be why (the last value won and is wrong): say so first.
+        raise BadRequest(duplicate_key(body) or describe(exc, max_batch)) from None
+    except BadRequest:
+        raise
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
-    raise BadRequest(
-        f"body must be a JSON object, or a JSON array of objects; got {_json_type(value)}"
-    )
+    # Valid records hold feature names and numbers only: one `:` per member, none elsewhere.
+    if body.count(b":") != fields:
+        raise BadRequest(duplicate_key(body) or "a key appears twice")
+    return parsed
+
+
+class _Members(dict):
+    """A JSON object that remembers the first key it saw twice."""
+
+    duplicate: str | None = None
+
+
+def _members(pairs: list[tuple[str, Any]]) -> _Members:
+    obj = _Members()
+    for key, value in pairs:
+        if key in obj and obj.duplicate is None:
+            obj.duplicate = key
+        obj[key] = value
+    return obj
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The error for the first record (the object, or an object of the array) that has a key
+    twice, naming it: `[3].TotalAmount: duplicate key ...`; None when there is none."""
+    try:
+        value = json.loads(body, object_pairs_hook=_members)
+    except (ValueError, RecursionError):
+        return None
+    records = value if isinstance(value, list) else [value]
+    for index, record in enumerate(records):
+        if isinstance(record, _Members) and record.duplicate is not None:
+            where = f"[{index}].{record.duplicate}" if value is records else record.duplicate
+            return f"{where}: duplicate key (each field may appear once)"
+    return None
 
 
 def describe(exc: ValidationError, max_batch: int, limit: int = 5) -> str:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT
-from pipelines.data.schema import FEATURES
+from pipelines.contract import EXAMPLE_RECORD, FEATURES
 from pipelines.training.recipe import build_pipeline
 
 MODEL_NAME = "customer-segmentation"
@@ -118,3 +119,82 @@ def descendants(pid: int) -> list[tuple[int, str]]:
             found.append(child)
             todo.append(child[0])
     return found
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's worker processes (its children), oldest first."""
+    return sorted(pid for pid, _ in _children(server_pid))
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            found.append((int(stat.parent.name), text[text.index("(") + 1 : text.rindex(")")]))
+    return found
+
+
+def tcp_sockets(port: int, state: str, pid: int | None = None) -> int:
+    """How many TCP sockets on local `port` are in `state` ("0A" LISTEN, "01" ESTABLISHED),
+    counting only those of process `pid` when given."""
+    inodes = None
+    if pid is not None:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == state:
+                count += inodes is None or fields[9] in inodes
+    return count
+
+
+class Load:
+    """`clients` threads posting back to back, each on its own keep-alive session: the seed
+    record, or with `batch`, every other client that batch. Records (status, X-Model-Version,
+    body) of each answer and the exception of each request that got none."""
+
+    def __init__(self, url: str, clients: int = 4, batch: list[dict] | None = None) -> None:
+        self.url = url
+        self.batch = batch
+        self.results: list[tuple[int, str | None, bytes, bool]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(batch if i % 2 and batch else None,))
+            for i in range(clients)
+        ]
+
+    def _run(self, batch: list[dict] | None) -> None:
+        body = batch if batch is not None else EXAMPLE_RECORD
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    response = session.post(self.url, json=body, timeout=10)
+                    version = response.headers.get("X-Model-Version")
+                    answer = (response.status_code, version, response.content, batch is not None)
+                    self.results.append(answer)
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def recent_versions(self, n: int) -> set[str | None]:
+        return {version for _, version, _, _ in self.results[-n:]}

@@ -152,10 +152,90 @@ def test_metrics_count_requests_per_model_and_versions(
 def test_openapi_document(client: FlaskClient) -> None:
     doc = client.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
-    assert {"/predict_cluster_model1", "/models", "/ready"} <= set(doc["paths"])
-    record = doc["components"]["schemas"]["CustomerRecord"]
+    assert set(doc["paths"]) == {
+        "/predict_cluster_model1",
+        "/predict_cluster_model2",
+        "/predict_cluster_model3",
+        "/models",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+        "/admin/reload",
+    }
+    schemas = doc["components"]["schemas"]
+    record = schemas["CustomerRecord"]
     assert record["required"] == ["TotalQuantity", "TotalAmount", "NumInvoices"]
     assert record["properties"]["NumInvoices"]["type"] == "integer"
+    assert schemas["Error"]["required"] == ["error"]
+    predict = doc["paths"]["/predict_cluster_model1"]["post"]
+    batch = predict["requestBody"]["content"]["application/json"]["schema"]["anyOf"][1]
+    assert batch["maxItems"] == 100  # the app's SERVING_MAX_BATCH
+    error = {"$ref": "#/components/schemas/Error"}
+    for status in ("400", "408", "413", "415", "500", "503"):
+        assert predict["responses"][status]["content"]["application/json"]["schema"] == error
+    reload = doc["paths"]["/admin/reload"]["post"]["responses"]
+    assert {"200", "202", "401", "403", "503"} <= set(reload)
+
+
+def test_answers_match_the_documented_models(client: FlaskClient) -> None:
+    """Every documented answer validates against the model the document names for it."""
+    doc = client.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    answers = [
+        ("post", SEED_PATH, {"json": SEED}),
+        ("post", SEED_PATH, {"json": [SEED, SEED]}),
+        ("post", SEED_PATH, {"data": "{", "content_type": "application/json"}),
+        ("post", SEED_PATH, {"data": "{}", "content_type": "text/plain"}),
+        ("get", "/models", {}),
+        ("get", "/health", {}),
+        ("get", "/ready", {}),
+        ("post", "/admin/reload", {}),
+        ("post", "/admin/reload", {"environ_base": {"REMOTE_ADDR": "10.0.0.5"}}),
+    ]
+    for method, path, kwargs in answers:
+        response = getattr(client, method)(path, **kwargs)
+        declared = doc["paths"][path][method]["responses"][str(response.status_code)]
+        schema = declared["content"]["application/json"]["schema"]
+        _check(response.get_json(), schema, schemas, f"{method} {path}")
+
+
+def _check(value: object, schema: dict, schemas: dict, where: str) -> None:
+    """A small JSON Schema check: enough for the shapes schemas.py declares."""
+    if "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+    if "anyOf" in schema:
+        failures = []
+        for option in schema["anyOf"]:
+            try:
+                _check(value, option, schemas, where)
+                return
+            except AssertionError as exc:
+                failures.append(str(exc))
+        raise AssertionError(f"{where}: {value!r} matches no option: {failures}")
+    kind = schema.get("type")
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    if kind in ("integer", "number"):
+        ok = isinstance(value, int if kind == "integer" else int | float)
+        assert ok and not isinstance(value, bool), f"{where}: {value!r} is not {kind}"
+    elif kind is not None:
+        assert isinstance(value, types[kind]), f"{where}: {value!r} is not {kind}"
+    if "const" in schema:
+        assert value == schema["const"], where
+    if kind == "object":
+        assert set(schema.get("required", [])) <= set(value), f"{where}: missing in {value}"
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                _check(item, properties[key], schemas, f"{where}.{key}")
+            elif isinstance(extra, dict):
+                _check(item, extra, schemas, f"{where}.{key}")
+            else:
+                assert extra is not False, f"{where}: unexpected {key}"
+    if kind == "array":
+        for i, item in enumerate(value):
+            _check(item, schema.get("items", {}), schemas, f"{where}[{i}]")
 
 
 BAD_BODIES = [
@@ -185,6 +265,33 @@ BAD_BODIES = [
     ("42", 400, ["JSON object"]),
     ("null", 400, ["JSON object"]),
     ("\xff", 400, ["malformed JSON"]),
+    # A key twice: JSON parsers keep the last value, silently; this API refuses it.
+    (
+        '{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 5, "TotalAmount": 3}',
+        400,
+        ["TotalAmount", "duplicate"],
+    ),
+    (
+        '{"TotalQuantity": 1, "TotalQuantity": "x", "TotalAmount": 2, "NumInvoices": 5}',
+        400,
+        ["TotalQuantity", "duplicate"],
+    ),
+    (
+        '{"TotalQuantity": 1, "Total\\u0051uantity": 1, "TotalAmount": 2, "NumInvoices": 5}',
+        400,
+        ["TotalQuantity", "duplicate"],
+    ),
+    (
+        '[{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 3}, '
+        '{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 3, "NumInvoices": 4}]',
+        400,
+        ["[1].NumInvoices", "duplicate"],
+    ),
+    (
+        '{"TotalQuantity": 1, "TotalAmount": 2, "NumInvoices": 5, "x": 1, "x": 2}',
+        400,
+        ["x", "duplicate"],
+    ),
 ]
 
 
@@ -260,6 +367,28 @@ def test_access_log_line_per_request_with_latency(store: str, tmp_path: Path) ->
     assert any('"GET /nowhere" 404' in line for line in access)
 
 
+@pytest.mark.parametrize("client_address", ["127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1"])
+def test_admin_without_a_token_answers_loopback_clients(
+    client: FlaskClient, client_address: str
+) -> None:
+    response = client.post("/admin/reload", environ_base={"REMOTE_ADDR": client_address})
+    assert response.status_code == 200
+    assert response.get_json()["workers"] == {"reloaded": 1, "pending": []}
+
+
+@pytest.mark.parametrize("client_address", ["10.0.0.5", "192.168.1.20", "2001:db8::1", ""])
+def test_admin_without_a_token_refuses_other_clients(
+    client: FlaskClient, client_address: str
+) -> None:
+    response = client.post("/admin/reload", environ_base={"REMOTE_ADDR": client_address})
+    assert response.status_code == 403
+    error = response.get_json()["error"]
+    assert "loopback" in error and "SERVING_ADMIN_TOKEN" in error
+    # The other endpoints answer anyone.
+    other = client.post(SEED_PATH, json=SEED, environ_base={"REMOTE_ADDR": client_address})
+    assert other.status_code == 200
+
+
 def test_admin_reload_requires_the_token_when_set(store: str, tmp_path: Path) -> None:
     client = make_app(store, tmp_path, admin_token="s3cret").test_client()
     assert client.post("/admin/reload").status_code == 401
@@ -267,6 +396,12 @@ def test_admin_reload_requires_the_token_when_set(store: str, tmp_path: Path) ->
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
     ok = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
+    remote = client.post(
+        "/admin/reload",
+        headers={"Authorization": "Bearer s3cret"},
+        environ_base={"REMOTE_ADDR": "10.0.0.5"},
+    )
+    assert remote.status_code == 200  # with a token, the token decides, not the address
     assert ok.get_json()["models"]["model2"] == {"version": 2, "error": None}
     assert ok.get_json()["workers"] == {"reloaded": 1, "pending": []}
 

@@ -1,6 +1,7 @@
-"""The contract over real HTTP against `python -m serving` (gunicorn, 2 workers): the seed's curl
+"""The contract over real HTTP against `python -m serving` (granian, 2 workers): the seed's curl
 and `requests` examples verbatim, errors from the HTTP layer, metrics summed over workers, the
-log file, no JVM, and a registry that is down at start and comes back."""
+log file, no JVM, a taken port or an open admin refused, and a registry that is down at start and
+comes back."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(store: str, log_file: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     env = {"MLFLOW_TRACKING_URI": store, "SERVING_LOG_FILE": str(log_file)}
-    with serving_process(env, "--workers", "2", "--threads", "4") as (url, process):
+    with serving_process(env, "--workers", "2") as (url, process):
         wait_for(f"{url}/ready")
         yield url, process
 
@@ -119,7 +120,7 @@ def test_metrics_sum_over_workers(url: str) -> None:
         return float(lines[0].removeprefix(prefix)) if lines else 0.0
 
     before = count()
-    for _ in range(40):  # new connections: gunicorn spreads them over both workers
+    for _ in range(40):  # new connections: the kernel spreads them over both workers
         assert requests.post(f"{url}/predict_cluster_model2", json=SEED_JSON).status_code == 200
     assert count() == before + 40
     text = requests.get(f"{url}/metrics").text
@@ -136,12 +137,12 @@ def test_no_jvm_under_the_server(server: tuple[str, subprocess.Popen]) -> None:
     url, process = server
     requests.post(f"{url}/predict_cluster_model1", json=SEED_JSON)
     names = [name for _, name in descendants(process.pid)]
-    assert names, "gunicorn workers should be children of the server"
+    assert names, "the workers should be children of the server"
     assert not any("java" in name for name in names), names
 
 
 def test_each_worker_listens_on_a_socket_of_its_own(server: tuple[str, subprocess.Popen]) -> None:
-    # So the kernel spreads connections over the workers (see serving.gunicorn_conf).
+    # So the kernel spreads connections over the workers (see serving.server).
     port = int(server[0].rsplit(":", 1)[1])
     listening = [
         line
@@ -168,11 +169,29 @@ def test_a_second_server_on_a_taken_port_is_refused(
     assert requests.post(f"{server[0]}/predict_cluster_model1", json=SEED_JSON).ok
 
 
+def test_listening_beyond_loopback_without_an_admin_token_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SERVING_ADMIN_TOKEN"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "serving", "--host", "0.0.0.0", "--port", str(free_port())]
+        + ["--log-file", "none"],
+        env=env | {"TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in refused.stderr
+    assert "SERVING_ADMIN_TOKEN" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serving_a_request_never_imports_pyspark(store: str, tmp_path: Path) -> None:
-    # The server's own start-up path: gunicorn's master loads serving.gunicorn_conf first.
+    # The server's own start-up path: serving.server blocks pyspark before loading anything.
     script = f"""
 import sys
-import serving.gunicorn_conf
+import serving
+serving.keep_pyspark_out()
+import serving.server
 from serving.app import create_app
 from serving.settings import ServingSettings
 app = create_app(ServingSettings(tracking_uri={store!r}, log_file=None), poll=False)

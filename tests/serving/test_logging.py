@@ -1,4 +1,4 @@
-"""Several processes (gunicorn workers) share one rotating log: no line lost, split or doubled."""
+"""Several worker processes share one rotating log: no line lost, split or doubled."""
 
 from __future__ import annotations
 

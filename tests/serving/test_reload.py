@@ -1,12 +1,13 @@
-"""Hot reload under load: train a new version, move the alias, and the running server (gunicorn,
-2 workers) switches to it without a single failed request.
+"""Hot reload under load: train a new version, move the alias, and the running server (2 workers)
+switches to it while 32 clients post single records and batches, without a single failed request;
+every answer comes whole from the old version or the new one.
 
 Each test trains window 1 of the session's generated windows (tests/serving/conftest.py) with the
 training job into a store of its own, once before the server starts and once while it runs."""
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,54 +15,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import requests
 from pyspark.sql import SparkSession
 
+from pipelines.contract import EXAMPLE_RECORD, FEATURES
 from pipelines.train import train_windows
-from tests.serving_fixtures import serving_process, wait_for
+from serving.registry import ModelRegistry
+from tests.serving_fixtures import Load, serving_process, synthetic_features, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import Training
 
 pytestmark = pytest.mark.spark
 
-SEED_JSON = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
-
-
-class Load:
-    """Client threads posting the seed request back to back, each on its own keep-alive session."""
-
-    def __init__(self, url: str, clients: int = 4) -> None:
-        self.url = url
-        self.results: list[tuple[int, str | None]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                try:
-                    response = session.post(self.url, json=SEED_JSON, timeout=10)
-                    self.results.append(
-                        (response.status_code, response.headers.get("X-Model-Version"))
-                    )
-                except requests.RequestException as exc:
-                    self.failures.append(repr(exc))
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def recent_versions(self, n: int) -> set[str | None]:
-        return {version for _, version in self.results[-n:]}
+BATCH = [dict(zip(FEATURES, row, strict=True)) for row in synthetic_features(40, seed=7).tolist()]
 
 
 @pytest.fixture
@@ -81,6 +50,13 @@ def retrain(
     return train
 
 
+def _batch_answer(uri: str, model_name: str) -> list[int]:
+    """What model1's version answers for BATCH, computed here with the server's own reader."""
+    model = ModelRegistry(uri, model_name, ("model1",)).refresh()["model1"].model.model
+    rows = np.array([[r[c] for c in model.input_cols] for r in BATCH], dtype=np.float64)
+    return model.predict(rows).tolist()
+
+
 def _env(uri: str, tmp_path: Path, poll_interval: float) -> dict[str, str]:
     return {
         "MLFLOW_TRACKING_URI": uri,
@@ -91,27 +67,37 @@ def _env(uri: str, tmp_path: Path, poll_interval: float) -> dict[str, str]:
 
 
 def test_moved_alias_is_served_with_zero_failed_requests(
-    retrain: Callable[[int, int], str], tracking_uri: str, tmp_path: Path
+    retrain: Callable[[int, int], str], trained_store: Training, tracking_uri: str, tmp_path: Path
 ) -> None:
+    model_name = trained_store.settings.model_name
     v1 = retrain(3, 1)
-    env = _env(tracking_uri, tmp_path, poll_interval=0.5)
-    with serving_process(env, "--workers", "2", "--threads", "4") as (url, _):
+    expected = {v1: _batch_answer(tracking_uri, model_name)}
+    with serving_process(_env(tracking_uri, tmp_path, poll_interval=0.5), "--workers", "2") as (
+        url,
+        _,
+    ):
         wait_for(f"{url}/ready")
-        with Load(f"{url}/predict_cluster_model1") as load:
+        with Load(f"{url}/predict_cluster_model1", clients=32, batch=BATCH) as load:
             time.sleep(1)
-            assert load.recent_versions(20) == {v1}
+            assert load.recent_versions(50) == {v1}
             v2 = retrain(6, 9)
             deadline = time.monotonic() + 60
             while load.recent_versions(200) != {v2} and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(0.5)
+        expected[v2] = _batch_answer(tracking_uri, model_name)
+        assert expected[v1] != expected[v2], "the batch should tell the two versions apart"
 
-        statuses = Counter(status for status, _ in load.results)
-        versions = Counter(version for _, version in load.results)
+        statuses = Counter(status for status, _, _, _ in load.results)
+        versions_seen = Counter(version for _, version, _, _ in load.results)
         assert load.failures == []
         assert statuses.keys() == {200}, statuses
-        assert versions.keys() == {v1, v2}, versions
+        assert versions_seen.keys() == {v1, v2}, versions_seen
         assert load.recent_versions(200) == {v2}
+        batches = [(v, json.loads(body)) for _, v, body, is_batch in load.results if is_batch]
+        assert {v for v, _ in batches} == {v1, v2}
+        for version, body in batches:  # each batch whole from the version it names, never a mix
+            assert body == {"clusters": expected[version]}, version
         metrics = requests.get(f"{url}/metrics").text
         assert f'serving_model_version{{alias="model1"}} {float(v2)}' in metrics
 
@@ -120,10 +106,8 @@ def test_admin_reload_reaches_every_worker_before_it_answers(
     retrain: Callable[[int, int], str], tracking_uri: str, tmp_path: Path
 ) -> None:
     v1 = retrain(3, 1)
-    env = _env(
-        tracking_uri, tmp_path, poll_interval=600
-    )  # no poll picks the move up during the test
-    with serving_process(env, "--workers", "2", "--threads", "2") as (url, _):
+    env = _env(tracking_uri, tmp_path, poll_interval=600)  # no poll picks the move up in the test
+    with serving_process(env, "--workers", "2") as (url, _):
         wait_for(f"{url}/ready")
         v2 = retrain(5, 3)
         assert _versions_on_fresh_connections(url, 40) == {v1}
@@ -140,7 +124,7 @@ def test_admin_reload_reaches_every_worker_before_it_answers(
 def _versions_on_fresh_connections(url: str, n: int) -> set[str | None]:
     return {
         requests.post(
-            f"{url}/predict_cluster_model1", json=SEED_JSON, headers={"Connection": "close"}
+            f"{url}/predict_cluster_model1", json=EXAMPLE_RECORD, headers={"Connection": "close"}
         ).headers.get("X-Model-Version")
         for _ in range(n)
     }

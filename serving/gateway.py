@@ -1,0 +1,234 @@
+"""The WSGI gateway between granian and the Flask app: bodies are received before the app runs.
+
+granian's own WSGI interface hands a request to a Python thread as soon as its headers are in and
+lets the app read the body from that thread: a client that trickles its body holds the thread for
+as long as it likes, and granian has no body-read timeout. With 200 such clients every normal
+request timed out. So the server uses granian's RSGI (asyncio) interface and this gateway:
+
+- the body is awaited on the worker's event loop, where a slow client costs a coroutine, not a
+  thread, under a deadline (`body_timeout`: 408) and a size limit (`max_body_bytes`: 413, from the
+  Content-Length before reading, or as soon as a chunked body passes it);
+- only then is the Flask app called, as WSGI (PEP 3333), with the whole body in `wsgi.input`: on
+  the event loop thread itself (a prediction is ~0.1 ms of CPU, and one process runs one Python
+  thread at a time anyway), except `/admin/*`, which may wait on the other workers and runs on a
+  pool of `threads` threads;
+- a worker holding `max_requests` requests (receiving or being answered) refuses the next at once:
+  503 with Retry-After, rather than letting it queue unseen.
+
+Headers are granian's job (hyper): `header_timeout` bounds the time to send them and the idle time
+of a keep-alive connection; `max_connections` bounds the connections a worker holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from granian.rsgi import ProtocolClosed
+
+from serving.responses import error_payload, json_body
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving.gateway")
+
+WSGIApp = Callable[[dict[str, Any], Callable], Iterable[bytes]]
+Answer = tuple[int, list[tuple[str, str]], bytes]
+OFFLOADED = ("/admin/",)  # paths whose requests may block: run on the thread pool
+NO_BODY = {"GET", "HEAD", "OPTIONS", "DELETE"}
+JSON = ("Content-Type", "application/json")
+
+
+def create() -> Gateway:
+    """The RSGI app for a granian worker (granian calls this factory in each worker)."""
+    _exit_on_stop_while_loading()
+    from serving.app import create_app
+
+    settings = ServingSettings.from_env()
+    return Gateway(create_app(settings), settings)
+
+
+def _exit_on_stop_while_loading() -> None:
+    """A worker stopped before it serves has nothing to finish: exit at once.
+
+    Until granian installs its handlers (once this factory returns), a fork of the main process
+    has the main process's, which would swallow the signal and leave the worker running.
+    """
+
+    def leave(signum: int, frame: object) -> None:
+        sys.exit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, leave)
+
+
+def error_answer(status: int, message: str, *headers: tuple[str, str]) -> Answer:
+    """An error the gateway answers itself; the connection is closed after it."""
+    return status, [JSON, ("Connection", "close"), *headers], json_body(error_payload(message))
+
+
+class Gateway:
+    """An RSGI application (granian's asyncio interface) that serves a WSGI app."""
+
+    def __init__(self, app: WSGIApp, settings: ServingSettings) -> None:
+        self.app = app
+        self.body_timeout = settings.body_timeout
+        self.max_body = settings.max_body_bytes
+        self.max_requests = settings.max_requests
+        self.threads = settings.threads
+        self.in_flight = 0  # touched on the event loop thread only
+        self.executor: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._header_keys: dict[str, str | None] = {}
+        self._base = {
+            "SCRIPT_NAME": "",
+            "wsgi.version": (1, 0),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+        }
+
+    # granian calls these once per worker, around serving.
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="serving")
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)  # requests on the pool finish first
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return
+        if self.in_flight >= self.max_requests:
+            message = (
+                f"the server is at its limit of {self.max_requests} requests in progress per "
+                "worker; retry shortly"
+            )
+            protocol.response_bytes(*error_answer(503, message, ("Retry-After", "1")))
+            return
+        self.in_flight += 1
+        try:
+            answer = await self._answer(scope, protocol)
+            protocol.response_bytes(*answer)
+        except ProtocolClosed:  # the client went away meanwhile: nobody to answer
+            pass
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, scope: Any, protocol: Any) -> Answer:
+        headers = scope.headers
+        length = headers.get("content-length")
+        if length is not None:
+            if int(length) > self.max_body:  # hyper has checked it is a number
+                return self._too_large()
+            body = await self._receive(protocol(), scope)
+        elif scope.method in NO_BODY and "transfer-encoding" not in headers:
+            body = b""
+        else:  # chunked: count as it comes
+            body = await self._receive(self._chunks(protocol), scope)
+        if body is None:
+            return self._too_large()
+        if isinstance(body, tuple):
+            return body
+        environ = self._environ(scope, headers, body)
+        if scope.path.startswith(OFFLOADED):
+            return await self.loop.run_in_executor(self.executor, self._call, environ)
+        return self._call(environ)
+
+    async def _receive(self, reading: Any, scope: Any) -> bytes | None | Answer:
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await reading
+        except TimeoutError:
+            return error_answer(
+                408, f"the request body did not arrive within {self.body_timeout:g} seconds"
+            )
+
+    async def _chunks(self, protocol: Any) -> bytes | None:
+        """A body without Content-Length, or None once it passes the limit."""
+        received = bytearray()
+        async for chunk in protocol:
+            received += chunk
+            if len(received) > self.max_body:
+                return None
+        return bytes(received)
+
+    def _too_large(self) -> Answer:
+        return error_answer(413, f"request body is larger than the limit of {self.max_body} bytes")
+
+    def _environ(self, scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
+        path = scope.path
+        if "%" in path:
+            path = unquote_to_bytes(path).decode("latin-1")
+        server, _, server_port = scope.server.rpartition(":")
+        client, _, client_port = scope.client.rpartition(":")
+        environ = {
+            **self._base,
+            "REQUEST_METHOD": scope.method,
+            "PATH_INFO": path,
+            "QUERY_STRING": scope.query_string,
+            "SERVER_NAME": server.strip("[]"),
+            "SERVER_PORT": server_port,
+            "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
+            "REMOTE_ADDR": client.strip("[]"),
+            "REMOTE_PORT": client_port,
+            "wsgi.url_scheme": scope.scheme,
+            "wsgi.input": BytesIO(body),
+        }
+        if body or scope.method not in NO_BODY:
+            environ["CONTENT_LENGTH"] = str(len(body))  # the body as received, de-chunked
+        keys = self._header_keys
+        for name, value in headers.items():
+            key = keys.get(name, "")
+            if key == "":
+                key = _environ_key(name)
+                if len(keys) < 256:
+                    keys[name] = key
+            if key is None:
+                continue
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        return environ
+
+    def _call(self, environ: dict[str, Any]) -> Answer:
+        """Run the WSGI app on one environ; any failure is a 500 without details."""
+        started: list[Any] = []
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
+            if exc_info is not None and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [status, headers]
+            return chunks.append
+
+        try:
+            result = self.app(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            status, headers = started
+            return int(status[:3]), headers, b"".join(chunks)
+        except Exception:
+            log.exception("the app failed: %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            return error_answer(500, "internal error")
+
+
+def _environ_key(name: str) -> str | None:
+    """The environ key of a header (None: not passed on, like gunicorn, for names with `_`,
+    which could pass for the `-` spelling of another header)."""
+    if name == "content-type":
+        return "CONTENT_TYPE"
+    if name in ("content-length", "transfer-encoding") or "_" in name:
+        return None  # the length is the de-chunked body's, set by _environ
+    return "HTTP_" + name.upper().replace("-", "_")
