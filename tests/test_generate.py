@@ -1,5 +1,6 @@
 """The generator: deterministic bytes, the real file's format and quirks, proportions that scale,
-a complete side file, a lossless round trip through the loader, and recoverable segments."""
+a complete side file, a lossless round trip through the loader, and segments that a log-space
+clustering recovers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
+from pipelines.features import CLEANING_RULES
 from pipelines.generate import (
     DEFAULT_ROWS,
     MIN_ROWS,
@@ -30,6 +33,22 @@ ROWS = 50_000
 REAL_CUSTOMERS_PER_ROW = 4_372 / DEFAULT_ROWS
 REAL_INVOICES_PER_ROW = 25_900 / DEFAULT_ROWS
 
+# pipelines.features.CLEANING_RULES, the same rules on a pandas frame: name -> rows it drops.
+CLEANING = {
+    "missing_customer_id": lambda t: t["CustomerID"].isna() | (t["CustomerID"].str.strip() == ""),
+    "cancellation": lambda t: t["InvoiceNo"].str.upper().str.startswith("C"),
+    "non_positive_quantity": lambda t: t["Quantity"].isna() | (t["Quantity"] <= 0),
+    "non_positive_price": lambda t: t["UnitPrice"].isna() | (t["UnitPrice"] <= 0),
+}
+
+# The tail-robust recipe training is to use: k in 3..8 by silhouette, every cluster >= 2%.
+KS = range(3, 9)
+MIN_SHARE, MAX_SHARE = 0.02, 0.6
+
+
+def _cancelled(frame: pd.DataFrame) -> pd.Series:
+    return frame["InvoiceNo"].str.startswith("C")
+
 
 @pytest.fixture(scope="module")
 def dataset() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -37,27 +56,63 @@ def dataset() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
+def default() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The default dataset: the real file's size, the default seed."""
+    return generate_dataset()
+
+
+@pytest.fixture(scope="module")
+def default_features(default: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
+    return features(default[0])
+
+
+@pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("generated") / "retail.csv", rows=ROWS, seed=7)
 
 
+def cleaned(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows features.clean keeps."""
+    dropped = np.logical_or.reduce([rule(frame).fillna(True) for rule in CLEANING.values()])
+    return frame[~dropped]
+
+
 def features(frame: pd.DataFrame) -> pd.DataFrame:
-    """TotalQuantity, TotalAmount, NumInvoices per customer after the documented cleaning."""
-    kept = frame[
-        frame["CustomerID"].notna()
-        & ~frame["InvoiceNo"].str.startswith("C")
-        & (frame["Quantity"] > 0)
-        & (frame["UnitPrice"] > 0)
-    ]
+    """TotalQuantity, TotalAmount, NumInvoices per customer, as features.customer_features."""
+    kept = cleaned(frame)
     return (
         kept.assign(Amount=kept["Quantity"] * kept["UnitPrice"])
-        .groupby("CustomerID")
+        .groupby(kept["CustomerID"].str.strip())
         .agg(
             TotalQuantity=("Quantity", "sum"),
             TotalAmount=("Amount", "sum"),
             NumInvoices=("InvoiceNo", "nunique"),
         )
     )
+
+
+def log_scaled(table: pd.DataFrame) -> np.ndarray:
+    values = table.to_numpy(dtype="float64")
+    return StandardScaler().fit_transform(np.sign(values) * np.log1p(np.abs(values)))
+
+
+def chosen_clustering(points: np.ndarray) -> np.ndarray:
+    """Labels at the k of best silhouette among those whose every cluster holds MIN_SHARE."""
+    best, best_score = None, -1.0
+    with threadpool_limits(1):  # a few thousand points: threads only contend on a shared machine
+        for k in KS:
+            labels = KMeans(k, n_init=10, random_state=0).fit_predict(points)
+            if np.bincount(labels).min() < MIN_SHARE * len(labels):
+                continue
+            score = silhouette_score(points, labels)
+            if score > best_score:
+                best, best_score = labels, score
+    assert best is not None, "no k in 3..8 gives every cluster 2% of the customers"
+    return best
+
+
+def test_cleaning_here_mirrors_the_spark_rules() -> None:
+    assert list(CLEANING) == list(CLEANING_RULES)
 
 
 def test_same_seed_gives_same_bytes_and_another_seed_does_not(tmp_path: Path) -> None:
@@ -111,10 +166,14 @@ def test_cancellations_are_c_invoices_with_negative_quantities(
     dataset: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     frame, _ = dataset
-    cancelled = frame["InvoiceNo"].str.startswith("C")
-    assert 0.015 < cancelled.mean() < 0.025
+    cancelled = _cancelled(frame)
+    assert cancelled.mean() == pytest.approx(9_288 / DEFAULT_ROWS, rel=0.05)
     assert (frame.loc[cancelled, "Quantity"] < 0).all()
-    assert (frame.loc[~cancelled, "Quantity"] > 0).all()
+    # Elsewhere only stock write-offs: anonymous, at price 0, as in the real file.
+    written_off = ~cancelled & (frame["Quantity"] <= 0)
+    assert written_off.any()
+    assert frame.loc[written_off, "CustomerID"].isna().all()
+    assert (frame.loc[written_off, "UnitPrice"] == 0).all()
     # A cancellation reverses a purchase of the same customer.
     pairs = frame[["CustomerID", "StockCode"]].itertuples(index=False, name=None)
     bought, returned = set(), set()
@@ -123,11 +182,11 @@ def test_cancellations_are_c_invoices_with_negative_quantities(
     assert returned <= bought
 
 
-def test_missing_customer_ids_cover_a_quarter_of_lines_on_whole_invoices(
+def test_missing_customer_ids_cover_the_real_share_of_lines_on_whole_invoices(
     dataset: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     frame, _ = dataset
-    assert 0.22 < frame["CustomerID"].isna().mean() < 0.28
+    assert frame["CustomerID"].isna().mean() == pytest.approx(135_080 / DEFAULT_ROWS, rel=0.02)
     per_invoice = frame.groupby("InvoiceNo")["CustomerID"].agg(lambda ids: ids.isna().nunique())
     assert (per_invoice == 1).all()
 
@@ -179,19 +238,36 @@ def test_side_file_holds_the_segment_of_every_customer(written: Path) -> None:
     assert set(segments["Segment"]) == {segment.name for segment in SEGMENTS}
 
 
-def test_segments_are_recovered_by_scaled_kmeans_with_k_by_silhouette(
-    dataset: tuple[pd.DataFrame, pd.DataFrame],
+def test_segments_are_recovered_in_log_space_but_not_from_raw_features(
+    default: tuple[pd.DataFrame, pd.DataFrame], default_features: pd.DataFrame
 ) -> None:
-    """What training relies on: linear standard scaling, k picked by silhouette over 2..8."""
-    frame, segments = dataset
-    table = features(frame)
+    """The whole year: signed log1p -> scaling -> KMeans finds the segments; the raw features,
+    dominated by a few giant customers, do not, even told the true k."""
+    table, segments = default_features, default[1]
     truth = segments.set_index("CustomerID")["Segment"].reindex(table.index)
     assert truth.notna().all()
-    scaled = StandardScaler().fit_transform(table.to_numpy())
-    fits = {k: KMeans(k, n_init=10, random_state=0).fit_predict(scaled) for k in range(2, 9)}
-    best = max(fits, key=lambda k: silhouette_score(scaled, fits[k]))
-    assert best == len(SEGMENTS)
-    assert adjusted_rand_score(truth, fits[best]) >= 0.8
+
+    labels = chosen_clustering(log_scaled(table))
+    shares = np.bincount(labels) / len(labels)
+    assert len(shares) >= 3 and shares.max() <= MAX_SHARE
+    found = adjusted_rand_score(truth, labels)
+    assert found >= 0.85
+
+    raw = StandardScaler().fit_transform(table.to_numpy(dtype="float64"))
+    with threadpool_limits(1):
+        baseline = KMeans(len(SEGMENTS), n_init=10, random_state=0).fit_predict(raw)
+    assert adjusted_rand_score(truth, baseline) < found - 0.3
+
+
+@pytest.mark.parametrize("windows", [1, 2])
+def test_the_first_windows_alone_still_cluster_into_sizeable_groups(
+    default: tuple[pd.DataFrame, pd.DataFrame], windows: int
+) -> None:
+    """Windows are consecutive thirds of the (chronological) rows, taken cumulatively."""
+    frame, _ = default
+    table = features(frame.iloc[: len(frame) * windows // 3])
+    shares = np.bincount(chosen_clustering(log_scaled(table))) / len(table)
+    assert len(shares) >= 3 and shares.max() <= MAX_SHARE and shares.min() >= MIN_SHARE
 
 
 def test_too_few_rows_are_refused() -> None:
