@@ -1,6 +1,6 @@
 """The generator: deterministic bytes, the real file's format and quirks, proportions that scale,
-a complete side file, a lossless round trip through the loader, and segments that a log-space
-clustering recovers."""
+a complete side file, a lossless round trip through the loader, the real file's published
+figures at the default size, and segments that a log-space clustering recovers."""
 
 from __future__ import annotations
 
@@ -32,6 +32,30 @@ ROWS = 50_000
 # The real file: 4,372 customers and 25,900 invoices in 541,909 lines.
 REAL_CUSTOMERS_PER_ROW = 4_372 / DEFAULT_ROWS
 REAL_INVOICES_PER_ROW = 25_900 / DEFAULT_ROWS
+
+# Published figures of the real file. Per customer, after cleaning (4,338 customers, 397,884
+# rows): p10, p50, p90, p99, p99.9 and max of each feature.
+QUANTILES = (0.1, 0.5, 0.9, 0.99, 0.999, 1.0)
+REAL_CUSTOMER_QUANTILES = {
+    "TotalQuantity": (76, 379, 2_118, 11_047, 72_792, 196_915),
+    "TotalAmount": (157, 675, 3_647, 19_881, 137_452, 280_206),
+    "NumInvoices": (1, 2, 9, 30, 92, 209),
+}
+# Rows of the raw file: name -> (how to count it on a frame, the real count).
+REAL_ROW_FACTS = {
+    "rows": (len, 541_909),
+    "invoices": (lambda f: f["InvoiceNo"].nunique(), 25_900),
+    "cancelled invoices": (lambda f: f["InvoiceNo"][_cancelled(f)].nunique(), 3_836),
+    "rows on cancelled invoices": (lambda f: int(_cancelled(f).sum()), 9_288),
+    "customers": (lambda f: f["CustomerID"].nunique(), 4_372),
+    "rows without CustomerID": (lambda f: int(f["CustomerID"].isna().sum()), 135_080),
+    "rows with Quantity <= 0": (lambda f: int((f["Quantity"] <= 0).sum()), 10_624),
+    "rows with UnitPrice <= 0": (lambda f: int((f["UnitPrice"] <= 0).sum()), 2_517),
+    "rows without Description": (lambda f: int((f["Description"] == "").sum()), 1_454),
+    "exact duplicate rows": (lambda f: int(f.duplicated().sum()), 5_268),
+    "max |Quantity|": (lambda f: int(f["Quantity"].abs().max()), 80_995),
+    "max UnitPrice": (lambda f: float(f["UnitPrice"].max()), 38_970),
+}
 
 # pipelines.features.CLEANING_RULES, the same rules on a pandas frame: name -> rows it drops.
 CLEANING = {
@@ -236,6 +260,49 @@ def test_side_file_holds_the_segment_of_every_customer(written: Path) -> None:
     assert set(segments["CustomerID"]) == set(customers)
     assert segments["CustomerID"].is_unique
     assert set(segments["Segment"]) == {segment.name for segment in SEGMENTS}
+
+
+@pytest.mark.parametrize("feature", list(REAL_CUSTOMER_QUANTILES))
+def test_default_customers_have_the_real_quantiles_within_a_factor_of_2(
+    default_features: pd.DataFrame, feature: str
+) -> None:
+    generated = default_features[feature].quantile(QUANTILES).to_numpy()
+    ratio = generated / np.array(REAL_CUSTOMER_QUANTILES[feature])
+    assert ((ratio >= 0.5) & (ratio <= 2)).all(), dict(zip(QUANTILES, generated, strict=True))
+
+
+@pytest.mark.parametrize("feature", ["TotalQuantity", "TotalAmount"])
+def test_default_customers_are_as_skewed_as_real_ones(
+    default_features: pd.DataFrame, feature: str
+) -> None:
+    assert default_features[feature].skew() >= 10  # real: 20.4 and 19.3
+
+
+def test_default_cleaning_keeps_the_real_share_of_rows_and_customers(
+    default: tuple[pd.DataFrame, pd.DataFrame], default_features: pd.DataFrame
+) -> None:
+    assert len(cleaned(default[0])) == pytest.approx(397_884, rel=0.2)
+    assert len(default_features) == pytest.approx(4_338, rel=0.2)
+
+
+@pytest.mark.parametrize("fact", list(REAL_ROW_FACTS))
+def test_default_rows_match_the_real_file_within_20_percent(
+    default: tuple[pd.DataFrame, pd.DataFrame], fact: str
+) -> None:
+    count, real = REAL_ROW_FACTS[fact]
+    assert count(default[0]) == pytest.approx(real, rel=0.2)
+
+
+def test_bad_debt_is_adjusted_on_a_few_a_invoices_two_negative(
+    default: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    frame, _ = default
+    adjusted = frame[frame["InvoiceNo"].str.startswith("A")]
+    assert set(adjusted["StockCode"]) == {"B"}
+    assert set(adjusted["Description"]) == {"Adjust bad debt"}
+    assert adjusted["CustomerID"].isna().all()
+    assert (adjusted["UnitPrice"] < 0).sum() == 2
+    assert (frame["UnitPrice"] < 0).sum() == 2  # nowhere else
 
 
 def test_segments_are_recovered_in_log_space_but_not_from_raw_features(
