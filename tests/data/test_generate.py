@@ -1,5 +1,6 @@
 """The generator: deterministic bytes, the real file's format and quirks, proportions that scale,
-a complete side file, a lossless round trip through the loader, and recoverable segments."""
+a complete side file, a lossless round trip through the loader, the real file's published
+figures at the default size, and segments that a log-space clustering recovers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from pipelines.data.generator import (
     DEFAULT_ROWS,
@@ -24,30 +26,107 @@ from pipelines.data.generator import (
 from pipelines.data.load import load_transactions
 from pipelines.data.schema import COLUMNS
 from pipelines.generate import main
+from pipelines.training.features import CLEANING_RULES
 
 ROWS = 50_000
 # The real file: 4,372 customers and 25,900 invoices in 541,909 lines.
 REAL_CUSTOMERS_PER_ROW = 4_372 / DEFAULT_ROWS
 REAL_INVOICES_PER_ROW = 25_900 / DEFAULT_ROWS
 
+# Published figures of the real file. Per customer, after cleaning (4,338 customers, 397,884
+# rows): p10, p50, p90, p99, p99.9 and max of each feature.
+QUANTILES = (0.1, 0.5, 0.9, 0.99, 0.999, 1.0)
+REAL_CUSTOMER_QUANTILES = {
+    "TotalQuantity": (76, 379, 2_118, 11_047, 72_792, 196_915),
+    "TotalAmount": (157, 675, 3_647, 19_881, 137_452, 280_206),
+    "NumInvoices": (1, 2, 9, 30, 92, 209),
+}
+# Rows of the raw file: name -> (how to count it on a frame, the real count).
+REAL_ROW_FACTS = {
+    "rows": (len, 541_909),
+    "invoices": (lambda f: f["InvoiceNo"].nunique(), 25_900),
+    "cancelled invoices": (lambda f: f["InvoiceNo"][_cancelled(f)].nunique(), 3_836),
+    "rows on cancelled invoices": (lambda f: int(_cancelled(f).sum()), 9_288),
+    "customers": (lambda f: f["CustomerID"].nunique(), 4_372),
+    "rows without CustomerID": (lambda f: int(f["CustomerID"].isna().sum()), 135_080),
+    "rows with Quantity <= 0": (lambda f: int((f["Quantity"] <= 0).sum()), 10_624),
+    "rows with UnitPrice <= 0": (lambda f: int((f["UnitPrice"] <= 0).sum()), 2_517),
+    "rows without Description": (lambda f: int((f["Description"] == "").sum()), 1_454),
+    "exact duplicate rows": (lambda f: int(f.duplicated().sum()), 5_268),
+    "max |Quantity|": (lambda f: int(f["Quantity"].abs().max()), 80_995),
+    "max UnitPrice": (lambda f: float(f["UnitPrice"].max()), 38_970),
+}
+
+# pipelines.features.CLEANING_RULES, the same rules on a pandas frame: name -> rows it drops.
+CLEANING = {
+    "missing_customer_id": lambda t: t["CustomerID"].isna() | (t["CustomerID"].str.strip() == ""),
+    "cancellation": lambda t: t["InvoiceNo"].str.upper().str.startswith("C"),
+    "non_positive_quantity": lambda t: t["Quantity"].isna() | (t["Quantity"] <= 0),
+    "non_positive_price": lambda t: t["UnitPrice"].isna() | (t["UnitPrice"] <= 0),
+}
+
+# The tail-robust recipe training is to use: k in 3..8 by silhouette, every cluster >= 2%.
+KS = range(3, 9)
+MIN_SHARE, MAX_SHARE = 0.02, 0.6
+
+
+def _cancelled(frame: pd.DataFrame) -> pd.Series:
+    return frame["InvoiceNo"].str.startswith("C")
+
+
+@pytest.fixture(scope="module")
+def default() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The default dataset: the real file's size, the default seed."""
+    return generate_dataset()
+
+
+@pytest.fixture(scope="module")
+def default_features(default: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
+    return features(default[0])
+
+
+def cleaned(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows features.clean keeps."""
+    dropped = np.logical_or.reduce([rule(frame).fillna(True) for rule in CLEANING.values()])
+    return frame[~dropped]
+
 
 def features(frame: pd.DataFrame) -> pd.DataFrame:
-    """TotalQuantity, TotalAmount, NumInvoices per customer after the documented cleaning."""
-    kept = frame[
-        frame["CustomerID"].notna()
-        & ~frame["InvoiceNo"].str.startswith("C")
-        & (frame["Quantity"] > 0)
-        & (frame["UnitPrice"] > 0)
-    ]
+    """TotalQuantity, TotalAmount, NumInvoices per customer, as features.customer_features."""
+    kept = cleaned(frame)
     return (
         kept.assign(Amount=kept["Quantity"] * kept["UnitPrice"])
-        .groupby("CustomerID")
+        .groupby(kept["CustomerID"].str.strip())
         .agg(
             TotalQuantity=("Quantity", "sum"),
             TotalAmount=("Amount", "sum"),
             NumInvoices=("InvoiceNo", "nunique"),
         )
     )
+
+
+def log_scaled(table: pd.DataFrame) -> np.ndarray:
+    values = table.to_numpy(dtype="float64")
+    return StandardScaler().fit_transform(np.sign(values) * np.log1p(np.abs(values)))
+
+
+def chosen_clustering(points: np.ndarray) -> np.ndarray:
+    """Labels at the k of best silhouette among those whose every cluster holds MIN_SHARE."""
+    best, best_score = None, -1.0
+    with threadpool_limits(1):  # a few thousand points: threads only contend on a shared machine
+        for k in KS:
+            labels = KMeans(k, n_init=10, random_state=0).fit_predict(points)
+            if np.bincount(labels).min() < MIN_SHARE * len(labels):
+                continue
+            score = silhouette_score(points, labels)
+            if score > best_score:
+                best, best_score = labels, score
+    assert best is not None, "no k in 3..8 gives every cluster 2% of the customers"
+    return best
+
+
+def test_cleaning_here_mirrors_the_spark_rules() -> None:
+    assert list(CLEANING) == list(CLEANING_RULES)
 
 
 def test_same_seed_gives_same_bytes_and_another_seed_does_not(tmp_path: Path) -> None:
@@ -101,10 +180,14 @@ def test_cancellations_are_c_invoices_with_negative_quantities(
     dataset: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     frame, _ = dataset
-    cancelled = frame["InvoiceNo"].str.startswith("C")
-    assert 0.015 < cancelled.mean() < 0.025
+    cancelled = _cancelled(frame)
+    assert cancelled.mean() == pytest.approx(9_288 / DEFAULT_ROWS, rel=0.05)
     assert (frame.loc[cancelled, "Quantity"] < 0).all()
-    assert (frame.loc[~cancelled, "Quantity"] > 0).all()
+    # Elsewhere only stock write-offs: anonymous, at price 0, as in the real file.
+    written_off = ~cancelled & (frame["Quantity"] <= 0)
+    assert written_off.any()
+    assert frame.loc[written_off, "CustomerID"].isna().all()
+    assert (frame.loc[written_off, "UnitPrice"] == 0).all()
     # A cancellation reverses a purchase of the same customer.
     pairs = frame[["CustomerID", "StockCode"]].itertuples(index=False, name=None)
     bought, returned = set(), set()
@@ -113,11 +196,11 @@ def test_cancellations_are_c_invoices_with_negative_quantities(
     assert returned <= bought
 
 
-def test_missing_customer_ids_cover_a_quarter_of_lines_on_whole_invoices(
+def test_missing_customer_ids_cover_the_real_share_of_lines_on_whole_invoices(
     dataset: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     frame, _ = dataset
-    assert 0.22 < frame["CustomerID"].isna().mean() < 0.28
+    assert frame["CustomerID"].isna().mean() == pytest.approx(135_080 / DEFAULT_ROWS, rel=0.02)
     per_invoice = frame.groupby("InvoiceNo")["CustomerID"].agg(lambda ids: ids.isna().nunique())
     assert (per_invoice == 1).all()
 
@@ -169,19 +252,79 @@ def test_side_file_holds_the_segment_of_every_customer(written: Path) -> None:
     assert set(segments["Segment"]) == {segment.name for segment in SEGMENTS}
 
 
-def test_segments_are_recovered_by_scaled_kmeans_with_k_by_silhouette(
-    dataset: tuple[pd.DataFrame, pd.DataFrame],
+@pytest.mark.parametrize("feature", list(REAL_CUSTOMER_QUANTILES))
+def test_default_customers_have_the_real_quantiles_within_a_factor_of_2(
+    default_features: pd.DataFrame, feature: str
 ) -> None:
-    """What training relies on: linear standard scaling, k picked by silhouette over 2..8."""
-    frame, segments = dataset
-    table = features(frame)
+    generated = default_features[feature].quantile(QUANTILES).to_numpy()
+    ratio = generated / np.array(REAL_CUSTOMER_QUANTILES[feature])
+    assert ((ratio >= 0.5) & (ratio <= 2)).all(), dict(zip(QUANTILES, generated, strict=True))
+
+
+@pytest.mark.parametrize("feature", ["TotalQuantity", "TotalAmount"])
+def test_default_customers_are_as_skewed_as_real_ones(
+    default_features: pd.DataFrame, feature: str
+) -> None:
+    assert default_features[feature].skew() >= 10  # real: 20.4 and 19.3
+
+
+def test_default_cleaning_keeps_the_real_share_of_rows_and_customers(
+    default: tuple[pd.DataFrame, pd.DataFrame], default_features: pd.DataFrame
+) -> None:
+    assert len(cleaned(default[0])) == pytest.approx(397_884, rel=0.2)
+    assert len(default_features) == pytest.approx(4_338, rel=0.2)
+
+
+@pytest.mark.parametrize("fact", list(REAL_ROW_FACTS))
+def test_default_rows_match_the_real_file_within_20_percent(
+    default: tuple[pd.DataFrame, pd.DataFrame], fact: str
+) -> None:
+    count, real = REAL_ROW_FACTS[fact]
+    assert count(default[0]) == pytest.approx(real, rel=0.2)
+
+
+def test_bad_debt_is_adjusted_on_a_few_a_invoices_two_negative(
+    default: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    frame, _ = default
+    adjusted = frame[frame["InvoiceNo"].str.startswith("A")]
+    assert set(adjusted["StockCode"]) == {"B"}
+    assert set(adjusted["Description"]) == {"Adjust bad debt"}
+    assert adjusted["CustomerID"].isna().all()
+    assert (adjusted["UnitPrice"] < 0).sum() == 2
+    assert (frame["UnitPrice"] < 0).sum() == 2  # nowhere else
+
+
+def test_segments_are_recovered_in_log_space_but_not_from_raw_features(
+    default: tuple[pd.DataFrame, pd.DataFrame], default_features: pd.DataFrame
+) -> None:
+    """The whole year: signed log1p -> scaling -> KMeans finds the segments; the raw features,
+    dominated by a few giant customers, do not, even told the true k."""
+    table, segments = default_features, default[1]
     truth = segments.set_index("CustomerID")["Segment"].reindex(table.index)
     assert truth.notna().all()
-    scaled = StandardScaler().fit_transform(table.to_numpy())
-    fits = {k: KMeans(k, n_init=10, random_state=0).fit_predict(scaled) for k in range(2, 9)}
-    best = max(fits, key=lambda k: silhouette_score(scaled, fits[k]))
-    assert best == len(SEGMENTS)
-    assert adjusted_rand_score(truth, fits[best]) >= 0.8
+
+    labels = chosen_clustering(log_scaled(table))
+    shares = np.bincount(labels) / len(labels)
+    assert len(shares) >= 3 and shares.max() <= MAX_SHARE
+    found = adjusted_rand_score(truth, labels)
+    assert found >= 0.85
+
+    raw = StandardScaler().fit_transform(table.to_numpy(dtype="float64"))
+    with threadpool_limits(1):
+        baseline = KMeans(len(SEGMENTS), n_init=10, random_state=0).fit_predict(raw)
+    assert adjusted_rand_score(truth, baseline) < found - 0.3
+
+
+@pytest.mark.parametrize("windows", [1, 2])
+def test_the_first_windows_alone_still_cluster_into_sizeable_groups(
+    default: tuple[pd.DataFrame, pd.DataFrame], windows: int
+) -> None:
+    """Windows are consecutive thirds of the (chronological) rows, taken cumulatively."""
+    frame, _ = default
+    table = features(frame.iloc[: len(frame) * windows // 3])
+    shares = np.bincount(chosen_clustering(log_scaled(table))) / len(table)
+    assert len(shares) >= 3 and shares.max() <= MAX_SHARE and shares.min() >= MIN_SHARE
 
 
 def test_too_few_rows_are_refused() -> None:
