@@ -2,6 +2,7 @@
 
     python -m pipelines.train [--windows-dir DIR] [--windows 3] [--mode cumulative|tumbling]
                               [--k K] [--k-min 2] [--k-max 8] [--seed 42] [--max-iter 50]
+                              [--transform signed-log1p|none]
 
 The loop: one SparkSession serves every window (pipelines/training/session.py); each window is
 fitted (training/fitting.py, training/selection.py) and then logged as one MLflow run `window-<i>`
@@ -27,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from pipelines import cli
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.window_files import Manifest, read_manifests
+from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
 from pipelines.training.fitting import MODES, Spec, fit_window
 from pipelines.training.selection import DISTANCE_MEASURES
 from pipelines.training.session import not_from_py4j, spark_session
@@ -47,6 +49,7 @@ def train_windows(
     settings: Settings | None = None,
     spark: SparkSession | None = None,
     first_window: int = 1,
+    transform: str = DEFAULT_TRANSFORM,
 ) -> list[TrainedWindow]:
     """Train, log and register windows `first_window`..`windows`; then point aliases model1..
     at them, in that order (a second demo run trains windows 4..6 into model1..model3).
@@ -62,7 +65,18 @@ def train_windows(
         raise ValueError(f"distance_measure must be one of {DISTANCE_MEASURES}")
     if not 1 <= first_window <= windows:
         raise ValueError(f"need 1 <= first_window <= windows, got {first_window} and {windows}")
-    spec = Spec(mode, k, k_range, seed, max_iter, distance_measure, first_window)
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    spec = Spec(
+        mode=mode,
+        k=k,
+        k_range=k_range,
+        seed=seed,
+        max_iter=max_iter,
+        distance_measure=distance_measure,
+        transform=transform,
+        first_window=first_window,
+    )
     settings = settings or Settings.from_env()
     manifests = _manifests(windows_dir, windows)
     # `mlflow run` hands its run over MLFLOW_RUN_ID: the window runs become its children rather
@@ -128,6 +142,12 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-iter", type=int, default=50)
     parser.add_argument("--distance-measure", choices=DISTANCE_MEASURES, default="euclidean")
+    parser.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default=DEFAULT_TRANSFORM,
+        help="of the three totals before scaling: sign(x) * log1p(|x|), or none",
+    )
     return parser
 
 
@@ -149,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             distance_measure=args.distance_measure,
             settings=settings,
             first_window=args.first_window,
+            transform=args.transform,
         )
     print(f"{'window':>6}  {'alias':<7} {'version':>7}  {'k':>2}  {'silhouette':>10}  run")
     for t in trained:

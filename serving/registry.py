@@ -57,7 +57,7 @@ class LoadedModel:
             "features": list(self.model.input_cols),
             "centers": {
                 "scaled": centers.tolist(),
-                "original_units": self.model.scaler.to_original(centers).tolist(),
+                "original_units": self.model.to_original(centers).tolist(),
             },
             "loaded_at": self.loaded_at,
         }

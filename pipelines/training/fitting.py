@@ -17,6 +17,7 @@ from tqdm import tqdm
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
+from pipelines.training.feature_transform import DEFAULT_TRANSFORM
 from pipelines.training.features import Cleaned, clean, customer_features
 from pipelines.training.report import ModelProfile
 from pipelines.training.selection import Candidate, best, candidate_ks, fit_candidates
@@ -40,6 +41,7 @@ class Spec:
     seed: int = 42
     max_iter: int = 50
     distance_measure: str = "euclidean"
+    transform: str = DEFAULT_TRANSFORM
     # The training covers windows first_window..N; its i-th window gets alias model<i>.
     first_window: int = 1
 
@@ -81,7 +83,14 @@ def fit_window(
             ks,
         )
         candidates = fit_candidates(
-            features, customers, ks, spec.seed, spec.max_iter, spec.distance_measure, progress
+            features,
+            customers,
+            ks,
+            spec.seed,
+            spec.max_iter,
+            spec.distance_measure,
+            progress,
+            spec.transform,
         )
         example = features.select(*FEATURES).limit(5).toPandas()
     finally:

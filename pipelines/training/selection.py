@@ -1,9 +1,9 @@
 """Fit the recipe for each candidate k and choose one.
 
-Per window the features are assembled and scaled once and each candidate k is fitted on that
-cached, scaled frame: the result is the `PipelineModel` that `build_pipeline(k).fit` gives on the
-same partitioning, without redoing the first stages per k. On a few thousand customers each Spark
-job is mostly scheduling latency, so candidates are fitted a few at a time.
+Per window the features are transformed, assembled and scaled once and each candidate k is fitted
+on that cached, scaled frame: the result is the `PipelineModel` that `build_pipeline(k).fit` gives
+on the same partitioning, without redoing the first stages per k. On a few thousand customers each
+Spark job is mostly scheduling latency, so candidates are fitted a few at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.sql import DataFrame
 from tqdm import tqdm
 
-from pipelines.training.recipe import PREDICTION_COL, build_pipeline
+from pipelines.training.feature_transform import DEFAULT_TRANSFORM
+from pipelines.training.recipe import FEATURES_COL, PREDICTION_COL, fit_features, kmeans_stage
 
 DISTANCE_MEASURES = ("euclidean", "cosine")
 # ClusteringEvaluator's distance for the silhouette of each KMeans distance measure.
@@ -54,26 +55,25 @@ def fit_candidates(
     max_iter: int,
     distance_measure: str,
     progress: tqdm | None = None,
+    transform: str = DEFAULT_TRANSFORM,
 ) -> list[Candidate]:
-    """Fit the pipeline for every k in `ks`; scale once, fit KMeans per k on the cached result."""
-    assembler, scaler, _ = build_pipeline(ks[0], seed, max_iter, distance_measure).getStages()
-    assembled = assembler.transform(features)
-    scaler_model = scaler.fit(assembled)
+    """Fit the pipeline for every k in `ks`: transform and scale once, fit KMeans per k on the
+    cached result."""
+    prepared = fit_features(features, transform)
     partitions = max(1, customers // CUSTOMERS_PER_PARTITION)
-    scaled = scaler_model.transform(assembled).select(scaler.getOutputCol()).coalesce(partitions)
-    scaled = scaled.cache()
+    scaled = prepared.transform(features).select(FEATURES_COL).coalesce(partitions).cache()
     evaluator = ClusteringEvaluator(
-        featuresCol=scaler.getOutputCol(),
+        featuresCol=FEATURES_COL,
         predictionCol=PREDICTION_COL,
         distanceMeasure=SILHOUETTE_DISTANCE[distance_measure],
     )
 
     def fit(k: int) -> Candidate:
-        kmeans = build_pipeline(k, seed, max_iter, distance_measure).getStages()[-1].fit(scaled)
+        kmeans = kmeans_stage(k, seed, max_iter, distance_measure).fit(scaled)
         silhouette = evaluator.evaluate(kmeans.transform(scaled))
         if progress is not None:
             progress.update()
-        model = PipelineModel([assembler, scaler_model, kmeans])
+        model = PipelineModel([*prepared.stages, kmeans])
         return Candidate(k, model, silhouette, kmeans.summary.trainingCost)
 
     if progress is not None:

@@ -140,6 +140,7 @@ class Recorder:
             "k": fit.chosen.k,
             "k_range": f"{low}..{high}",
             "k_selection": "fixed" if spec.k else "silhouette",
+            "transform": spec.transform,
             "seed": spec.seed,
             "max_iter": spec.max_iter,
             "distance_measure": spec.distance_measure,

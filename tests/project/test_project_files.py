@@ -82,6 +82,7 @@ def test_train_parameters_and_their_types() -> None:
         "seed": "int",
         "max-iter": "int",
         "distance-measure": "string",
+        "transform": "string",
     }
 
 
@@ -96,6 +97,7 @@ def test_the_train_command_parses_with_the_train_cli(tmp_path) -> None:
     assert (args.windows_dir, args.windows, args.mode, args.k) == (tmp_path, 3, "cumulative", 0)
     assert (args.k_min, args.k_max, args.seed, args.max_iter) == (2, 8, 42, 50)
     assert (args.distance_measure, args.first_window) == ("euclidean", 1)
+    assert args.transform == "signed-log1p"
 
 
 def test_main_defaults_generate_when_no_data_is_given() -> None:

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from pyspark.ml import Pipeline
+from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import VectorAssembler
@@ -263,15 +263,16 @@ def test_scaling_beats_the_unscaled_recipe(training: Training, spark: SparkSessi
     t = training.trained[-1]
     features = _all_features(training, spark)
     scaled = mlflow.spark.load_model(f"models:/{NAME}/{t.version}")
-    assembler = VectorAssembler(inputCols=list(FEATURES), outputCol="raw_features")
-    kmeans = KMeans(featuresCol="raw_features", k=t.k, seed=42, maxIter=50)
+    assembler = VectorAssembler(inputCols=list(FEATURES), outputCol="unscaled_features")
+    kmeans = KMeans(featuresCol="unscaled_features", k=t.k, seed=42, maxIter=50)
     unscaled = Pipeline(stages=[assembler, kmeans]).fit(features)
     unscaled_out = unscaled.transform(features)
     evaluator = ClusteringEvaluator(predictionCol=PREDICTION_COL)
 
-    own_space = evaluator.setFeaturesCol("raw_features").evaluate(unscaled_out)
+    own_space = evaluator.setFeaturesCol("unscaled_features").evaluate(unscaled_out)
+    model_space = PipelineModel(scaled.stages[:-1])  # the model's transform and scaler
     in_scaled_space = evaluator.setFeaturesCol("features").evaluate(
-        scaled.stages[1].transform(unscaled_out)
+        model_space.transform(unscaled_out)
     )
     assert t.silhouette > own_space
     assert t.silhouette > in_scaled_space
