@@ -20,7 +20,16 @@ from pipelines.training import registry
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM
 from pipelines.training.features import Cleaned, clean, customer_features
 from pipelines.training.report import ModelProfile
-from pipelines.training.selection import Candidate, best, candidate_ks, fit_candidates
+from pipelines.training.selection import (
+    DEFAULT_K_RANGE,
+    DEFAULT_MIN_CLUSTER_SHARE,
+    FALLBACK,
+    Candidate,
+    Selection,
+    candidate_ks,
+    choose,
+    fit_candidates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +46,13 @@ class Spec:
 
     mode: str = "cumulative"
     k: int | None = None
-    k_range: tuple[int, int] = (2, 8)
+    k_range: tuple[int, int] = DEFAULT_K_RANGE
     seed: int = 42
     max_iter: int = 50
     distance_measure: str = "euclidean"
     transform: str = DEFAULT_TRANSFORM
+    # A k whose smallest cluster holds less than this share of the customers is not chosen.
+    min_cluster_share: float = DEFAULT_MIN_CLUSTER_SHARE
     # The training covers windows first_window..N; its i-th window gets alias model<i>.
     first_window: int = 1
 
@@ -58,9 +69,13 @@ class WindowFit:
     cleaned: Cleaned
     customers: int
     candidates: list[Candidate]
-    chosen: Candidate
+    selection: Selection
     example: pd.DataFrame
     profile: ModelProfile
+
+    @property
+    def chosen(self) -> Candidate:
+        return self.selection.chosen
 
 
 def fit_window(
@@ -95,6 +110,24 @@ def fit_window(
         example = features.select(*FEATURES).limit(5).toPandas()
     finally:
         features.unpersist()
-    chosen = best(candidates)
+    selection = choose(candidates, spec.min_cluster_share, fixed=bool(spec.k))
+    chosen = selection.chosen
+    if selection.rule == FALLBACK:
+        log.warning(
+            "window %d: no k in %s has every cluster >= %.1f%% of the customers; "
+            "falling back to k=%d, whose smallest cluster is largest (%.1f%%)",
+            window,
+            ks,
+            100 * spec.min_cluster_share,
+            chosen.k,
+            100 * chosen.min_share,
+        )
+    elif chosen.min_share < spec.min_cluster_share:
+        log.warning(
+            "window %d: fixed k=%d has a cluster of %.1f%% of the customers",
+            window,
+            chosen.k,
+            100 * chosen.min_share,
+        )
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
-    return WindowFit(window, ids, cleaned, customers, candidates, chosen, example, profile)
+    return WindowFit(window, ids, cleaned, customers, candidates, selection, example, profile)

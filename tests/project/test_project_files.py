@@ -79,6 +79,7 @@ def test_train_parameters_and_their_types() -> None:
         "k": "int",
         "k-min": "int",
         "k-max": "int",
+        "min-cluster-share": "float",
         "seed": "int",
         "max-iter": "int",
         "distance-measure": "string",
@@ -95,9 +96,9 @@ def test_the_train_command_parses_with_the_train_cli(tmp_path) -> None:
     assert argv[:3] == ["python", "-m", "pipelines.train"]
     args = train_parser(Settings()).parse_args(argv[3:])
     assert (args.windows_dir, args.windows, args.mode, args.k) == (tmp_path, 3, "cumulative", 0)
-    assert (args.k_min, args.k_max, args.seed, args.max_iter) == (2, 8, 42, 50)
+    assert (args.k_min, args.k_max, args.seed, args.max_iter) == (3, 8, 42, 50)
     assert (args.distance_measure, args.first_window) == ("euclidean", 1)
-    assert args.transform == "signed-log1p"
+    assert (args.transform, args.min_cluster_share) == ("signed-log1p", 0.02)
 
 
 def test_main_defaults_generate_when_no_data_is_given() -> None:
