@@ -11,9 +11,10 @@ import yaml
 from mlflow.projects._project_spec import load_project
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.evaluate import parser as evaluate_parser
 from pipelines.train import parser as train_parser
 
-ENTRY_POINTS = {"generate", "produce", "consume", "train", "main"}
+ENTRY_POINTS = {"generate", "produce", "consume", "train", "evaluate", "main"}
 MLFLOW_TYPES = {"string", "float", "int", "path", "uri"}
 
 
@@ -99,6 +100,19 @@ def test_the_train_command_parses_with_the_train_cli(tmp_path) -> None:
     assert (args.k_min, args.k_max, args.seed, args.max_iter) == (3, 8, 42, 50)
     assert (args.distance_measure, args.first_window) == ("euclidean", 1)
     assert (args.transform, args.min_cluster_share) == ("signed-log1p", 0.02)
+
+
+def test_the_evaluate_command_parses_with_the_evaluate_cli() -> None:
+    """MLproject's evaluate defaults are valid `pipelines.evaluate` flags, the CLI's defaults."""
+    entry = load_project(str(PROJECT_ROOT)).get_entry_point("evaluate")
+    argv = shlex.split(entry.compute_command({}, storage_dir=None))
+
+    assert argv[:3] == ["python", "-m", "pipelines.evaluate"]
+    args = evaluate_parser(Settings()).parse_args(argv[3:])
+    defaults = evaluate_parser(Settings()).parse_args(["--input", str(args.input)])
+    assert args.input.name == "online_retail.csv" and str(args.output) in ("", ".")
+    for name in ("k", "k_min", "k_max", "min_cluster_share", "transform"):
+        assert getattr(args, name) == getattr(defaults, name), name
 
 
 def test_main_defaults_generate_when_no_data_is_given() -> None:
