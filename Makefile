@@ -7,8 +7,8 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
 
-.PHONY: demo stop clean install kafka-up kafka-down generate produce consume train pipeline serve \
-        ui test lint bench-stream bench-train bench-serve
+.PHONY: demo stop clean install kafka-up kafka-down generate produce consume train evaluate \
+        pipeline serve ui test lint bench-stream bench-train bench-serve
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
@@ -52,6 +52,11 @@ consume: install
 
 train: install
 	$(PY) -m pipelines.train
+
+# The recipe on one file, without Kafka or MLflow: per k silhouette and cluster shares, the chosen
+# k and its clusters. DATA=path (CSV or XLSX; default the generated dataset), EVALUATE_ARGS=flags.
+evaluate: install
+	$(PY) -m pipelines.evaluate --input "$(or $(DATA),data/online_retail.csv)" $(EVALUATE_ARGS)
 
 # The whole path through MLflow Projects: generate if missing -> produce -> consume -> train.
 pipeline: install

@@ -1,7 +1,8 @@
 """Train one segmentation model per stream window; track every run and register every model.
 
     python -m pipelines.train [--windows-dir DIR] [--windows 3] [--mode cumulative|tumbling]
-                              [--k K] [--k-min 2] [--k-max 8] [--seed 42] [--max-iter 50]
+                              [--k K] [--k-min 3] [--k-max 8] [--min-cluster-share 0.02]
+                              [--transform signed-log1p|none] [--seed 42] [--max-iter 50]
 
 The loop: one SparkSession serves every window (pipelines/training/session.py); each window is
 fitted (training/fitting.py, training/selection.py) and then logged as one MLflow run `window-<i>`
@@ -27,8 +28,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from pipelines import cli
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.window_files import Manifest, read_manifests
+from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
 from pipelines.training.fitting import MODES, Spec, fit_window
-from pipelines.training.selection import DISTANCE_MEASURES
+from pipelines.training.selection import (
+    DEFAULT_K_RANGE,
+    DEFAULT_MIN_CLUSTER_SHARE,
+    DISTANCE_MEASURES,
+)
 from pipelines.training.session import not_from_py4j, spark_session
 from pipelines.training.tracking import Recorder, TrainedWindow, experiment_id
 
@@ -40,13 +46,15 @@ def train_windows(
     windows: int = DEFAULT_WINDOWS,
     mode: str = "cumulative",
     k: int | None = None,
-    k_range: tuple[int, int] = (2, 8),
+    k_range: tuple[int, int] = DEFAULT_K_RANGE,
     seed: int = 42,
     max_iter: int = 50,
     distance_measure: str = "euclidean",
     settings: Settings | None = None,
     spark: SparkSession | None = None,
     first_window: int = 1,
+    transform: str = DEFAULT_TRANSFORM,
+    min_cluster_share: float = DEFAULT_MIN_CLUSTER_SHARE,
 ) -> list[TrainedWindow]:
     """Train, log and register windows `first_window`..`windows`; then point aliases model1..
     at them, in that order (a second demo run trains windows 4..6 into model1..model3).
@@ -62,7 +70,21 @@ def train_windows(
         raise ValueError(f"distance_measure must be one of {DISTANCE_MEASURES}")
     if not 1 <= first_window <= windows:
         raise ValueError(f"need 1 <= first_window <= windows, got {first_window} and {windows}")
-    spec = Spec(mode, k, k_range, seed, max_iter, distance_measure, first_window)
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    if not 0 <= min_cluster_share < 1:
+        raise ValueError(f"min_cluster_share must be in [0, 1), got {min_cluster_share}")
+    spec = Spec(
+        mode=mode,
+        k=k,
+        k_range=k_range,
+        seed=seed,
+        max_iter=max_iter,
+        distance_measure=distance_measure,
+        transform=transform,
+        min_cluster_share=min_cluster_share,
+        first_window=first_window,
+    )
     settings = settings or Settings.from_env()
     manifests = _manifests(windows_dir, windows)
     # `mlflow run` hands its run over MLFLOW_RUN_ID: the window runs become its children rather
@@ -123,8 +145,20 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--first-window", type=int, default=1, help="train windows from this one")
     parser.add_argument("--mode", choices=MODES, default="cumulative")
     parser.add_argument("--k", type=int, default=0, help="fixed k; 0 = choose by silhouette")
-    parser.add_argument("--k-min", type=int, default=2)
-    parser.add_argument("--k-max", type=int, default=8)
+    parser.add_argument("--k-min", type=int, default=DEFAULT_K_RANGE[0])
+    parser.add_argument("--k-max", type=int, default=DEFAULT_K_RANGE[1])
+    parser.add_argument(
+        "--min-cluster-share",
+        type=float,
+        default=DEFAULT_MIN_CLUSTER_SHARE,
+        help="a k with a cluster below this share of the customers is not chosen",
+    )
+    parser.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default=DEFAULT_TRANSFORM,
+        help="of the three totals before scaling: sign(x) * log1p(|x|), or none",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-iter", type=int, default=50)
     parser.add_argument("--distance-measure", choices=DISTANCE_MEASURES, default="euclidean")
@@ -149,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
             distance_measure=args.distance_measure,
             settings=settings,
             first_window=args.first_window,
+            transform=args.transform,
+            min_cluster_share=args.min_cluster_share,
         )
     print(f"{'window':>6}  {'alias':<7} {'version':>7}  {'k':>2}  {'silhouette':>10}  run")
     for t in trained:

@@ -1,12 +1,20 @@
 """Predict with a saved Spark `PipelineModel` without Spark: read its stages, mirror its arithmetic.
 
-A Spark model answers one row in ~100 ms because every request is a Spark job. The three stages of
-`pipelines.segmentation` hold a handful of numbers (scaler mean and std, cluster centers), so this
-module reads them from the saved metadata (JSON) and data (Parquet) and predicts with numpy.
+A Spark model answers one row in ~100 ms because every request is a Spark job. The stages of
+`pipelines.training.recipe` hold a handful of numbers (scaler mean and std, cluster centers) and
+one fixed SQL statement, so this module reads them from the saved metadata (JSON) and data
+(Parquet) and predicts with numpy (batches) or plain floats (one row).
 
 The arithmetic is Spark 4's, operation for operation, so predictions are identical, ties and
 overflow included (tests/serving/test_parity.py checks it against Spark itself):
 
+- `SQLTransformer` with exactly the statement of `pipelines.training.feature_transform.statement`
+  (any other statement is refused): `signum(x) * log1p(abs(x))` per feature. Spark evaluates
+  `log1p` with `java.lang.StrictMath.log1p`, i.e. fdlibm's `s_log1p.c`; glibc's `log1p` (Python's
+  `math.log1p`) and numpy's differ from it in the last bit for about 1 input in 10,000 (68 of a
+  million customer-like values), enough to move a point across a boundary between clusters. So
+  fdlibm's algorithm is reproduced here (`signed_log1p`, `signed_log1p_array`), step for step in
+  float64; `signum` and `abs` are exact.
 - `StandardScalerModel`: `(x - mean) * scale` with `scale = 1 / std`, or 0 where std is 0.
 - `KMeansModel` (mllib `EuclideanDistanceMeasure.findClosest` with the "statistics" bounds of
   `DistanceMeasure.computeStatistics`): distances are summed left to right as `Vectors.sqdist`
@@ -20,14 +28,19 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import frexp
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipelines.training import feature_transform
+
+_SQL = "org.apache.spark.ml.feature.SQLTransformer"
 _ASSEMBLER = "org.apache.spark.ml.feature.VectorAssembler"
 _SCALER = "org.apache.spark.ml.feature.StandardScalerModel"
 _KMEANS = "org.apache.spark.ml.clustering.KMeansModel"
@@ -76,6 +89,159 @@ def _norm(points: np.ndarray) -> np.ndarray:
     for j in range(points.shape[1]):
         total += points[:, j] * points[:, j]
     return np.sqrt(total)
+
+
+# --- sign(x) * java.lang.StrictMath.log1p(|x|) --------------------------------------------------
+# StrictMath.log1p is fdlibm 5.3's s_log1p.c; below it is followed step for step in float64 for
+# the arguments the recipe gives it (|x| >= 0, or NaN). fdlibm branches on the high 32 bits of
+# its argument; each such test is written as the equivalent test on the value (for x >= 0, "high
+# word < W" is "x < the double with high word W and low word 0"), and the exponent and mantissa
+# bits come from math.frexp / np.frexp, exact for every normal number.
+
+
+def _from_high_word(word: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", word << 32))[0]
+
+
+_LN2_HI = 6.93147180369123816490e-01  # 3fe62e42 fee00000
+_LN2_LO = 1.90821492927058770002e-10  # 3dea39ef 35793c76
+_LP1 = 6.666666666666735130e-01
+_LP2 = 3.999999999940941908e-01
+_LP3 = 2.857142874366239149e-01
+_LP4 = 2.222219843214978396e-01
+_LP5 = 1.818357216161805012e-01
+_LP6 = 1.531383769920937332e-01
+_LP7 = 1.479819860511658591e-01
+_K0_ABOVE = _from_high_word(0x3FDA827A)  # hx < 0x3fda827a (x < 0.41422): no reduction, k = 0
+_TWO_M20 = 2.0**-20
+_TWO_M29 = 2.0**-29  # ax < 0x3e200000
+_TWO_M54 = 2.0**-54  # ax < 0x3c900000
+_TWO_53 = 2.0**53  # hx < 0x43400000: u = 1 + x with a correction term; above, u = x
+_SQRT2_TOP = 0x6A09E / 2.0**20  # hu < 0x6a09e: u's mantissa below sqrt(2), normalise to [1, 2)
+_HU_ZERO_HALF = 0xFFFFD / 2.0**20  # (0x00100000 - hu) >> 2 == 0 when normalising to [0.5, 1)
+# Totals are mostly whole numbers, so the small ones are looked up rather than computed (filled
+# below by the vectorised port, which the parity test checks against Spark like the rest).
+_TABLE_LIMIT = 32_768
+
+
+def signed_log1p(x: float) -> float:
+    """Spark's `signum(x) * log1p(abs(x))` for one value: the hot path of `predict_one`.
+
+    signum and abs are exact, so this is sign * StrictMath.log1p(|x|). The common case
+    (0.41422 <= |x| < 2**53, not a power-of-two neighbour) runs inline."""
+    y = _SIGNED_LOG1P_OF_INTEGERS.get(x)
+    if y is not None:
+        return y
+    if x == 0.0:
+        return x  # sign(+-0.0) * 0.0 is +-0.0
+    sign = 1.0
+    if x < 0.0:
+        sign, x = -1.0, -x
+    if not _K0_ABOVE <= x < _TWO_53:
+        return sign * _log1p_rare(x)
+    u = 1.0 + x
+    m, e = frexp(u)  # u = m * 2**e with 0.5 <= m < 1: fdlibm's k is e - 1
+    c = (1.0 - (u - x) if e > 1 else x - (u - 1.0)) / u  # the rounding error of 1 + x, over u
+    t = m + m - 1.0  # u's mantissa bits as a fraction
+    if t < _SQRT2_TOP:
+        k, f, hu_zero = e - 1, t, t < _TWO_M20
+    else:
+        k, f, hu_zero = e, m - 1.0, t >= _HU_ZERO_HALF
+    if hu_zero:
+        return sign * _log1p_near_power_of_two(k, f, c)
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z = s * s
+    R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+    # fdlibm returns f - (hfsq - s * (hfsq + R)) when k == 0: k >= 1 whenever x >= 0.41422.
+    return sign * (k * _LN2_HI - ((hfsq - (s * (hfsq + R) + (k * _LN2_LO + c))) - f))
+
+
+def _log1p_near_power_of_two(k: int, f: float, c: float) -> float:
+    """fdlibm's `hu == 0` branch: u within 2**-20 of a power of two (k >= 1 here)."""
+    if f == 0.0:
+        c += k * _LN2_LO
+        return k * _LN2_HI + c
+    R = 0.5 * f * f * (1.0 - 0.66666666666666666 * f)
+    return k * _LN2_HI - ((R - (k * _LN2_LO + c)) - f)
+
+
+def _log1p_rare(x: float) -> float:
+    """StrictMath.log1p(x) for x >= 0 outside [0.41422, 2**53): tiny, small, huge, inf, NaN."""
+    if x < _K0_ABOVE:
+        if x < _TWO_M29:
+            return x if x < _TWO_M54 else x - x * x * 0.5
+        hfsq = 0.5 * x * x  # k = 0: f = x, no reduction
+        s = x / (2.0 + x)
+        z = s * s
+        R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+        return x - (hfsq - s * (hfsq + R))
+    if not x < math.inf:  # inf, NaN
+        return x + x
+    m, e = math.frexp(x)  # x >= 2**53: u = x, c = 0
+    t = m + m - 1.0
+    if t < _SQRT2_TOP:
+        k, f, hu_zero = e - 1, t, t < _TWO_M20
+    else:
+        k, f, hu_zero = e, m - 1.0, t >= _HU_ZERO_HALF
+    if hu_zero:
+        return _log1p_near_power_of_two(k, f, 0.0)
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z = s * s
+    R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + R) + (k * _LN2_LO + 0.0))) - f)
+
+
+def _log1p_array(x: np.ndarray) -> np.ndarray:
+    """StrictMath.log1p of every element (all >= 0 or NaN): each branch of fdlibm computed for
+    all elements, then the right one picked per element."""
+    with np.errstate(all="ignore"):
+        large = ~(x < _TWO_53)  # and inf, NaN
+        u = np.where(large, x, 1.0 + x)
+        m, e = np.frexp(u)
+        c = np.where(large, 0.0, np.where(e > 1, 1.0 - (u - x), x - (u - 1.0)) / u)
+        t = m + m - 1.0
+        low = t < _SQRT2_TOP
+        k = np.where(low, e - 1, e).astype(np.float64)
+        f = np.where(low, t, m - 1.0)
+        hfsq = 0.5 * f * f
+        s = f / (2.0 + f)
+        z = s * s
+        R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+        reduced = k * _LN2_HI - ((hfsq - (s * (hfsq + R) + (k * _LN2_LO + c))) - f)
+        near = k * _LN2_HI - ((hfsq * (1.0 - 0.66666666666666666 * f) - (k * _LN2_LO + c)) - f)
+        near = np.where(f == 0.0, k * _LN2_HI + (c + k * _LN2_LO), near)
+        hu_zero = np.where(low, t < _TWO_M20, t >= _HU_ZERO_HALF)
+        reduced = np.where(hu_zero, near, reduced)
+        # x < 0.41422: k = 0, f = x; below 2**-29 a shorter series.
+        hfsq = 0.5 * x * x
+        s = x / (2.0 + x)
+        z = s * s
+        R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+        small = x - (hfsq - s * (hfsq + R))
+        tiny = np.where(x < _TWO_M54, x, x - x * x * 0.5)
+        small = np.where(x < _TWO_M29, tiny, small)
+        return np.where(x < _K0_ABOVE, small, np.where(np.isnan(x) | (x == np.inf), x + x, reduced))
+
+
+def signed_log1p_array(x: np.ndarray) -> np.ndarray:
+    """`signed_log1p` of every element of a float64 array."""
+    negative = x < 0.0
+    magnitude = _log1p_array(np.where(negative, -x, x))
+    return np.where(negative, -magnitude, magnitude)
+
+
+def _signed_log1p_table(limit: int) -> dict[float, float]:
+    """signed_log1p of the whole numbers 0 < |n| < limit, keyed by value (0 is left out: -0.0
+    would find it and lose its sign)."""
+    whole = np.arange(1.0, limit)
+    values = _log1p_array(whole)
+    keys = [*whole.tolist(), *(-whole).tolist()]
+    return dict(zip(keys, [*values.tolist(), *(-values).tolist()], strict=True))
+
+
+_SIGNED_LOG1P_OF_INTEGERS = _signed_log1p_table(_TABLE_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -209,24 +375,45 @@ class NearestCenter:
 
 @dataclass(frozen=True)
 class SegmentationModel:
-    """VectorAssembler -> StandardScalerModel(withMean) -> KMeansModel, as numbers."""
+    """[SQLTransformer (signed log1p) ->] VectorAssembler -> StandardScalerModel(withMean) ->
+    KMeansModel, as numbers."""
 
-    input_cols: tuple[str, ...]
+    input_cols: tuple[str, ...]  # the raw features, read from a request in this order
     scaler: Scaler
     kmeans: NearestCenter
+    transform: str = feature_transform.NONE  # or feature_transform.SIGNED_LOG1P
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Clusters for an (n, len(input_cols)) float64 array of raw feature rows."""
         with np.errstate(over="ignore", invalid="ignore"):
+            if self.transform == feature_transform.SIGNED_LOG1P:
+                rows = signed_log1p_array(rows)
             return self.kmeans.predict(self.scaler.transform(rows))
 
     def predict_one(self, row: Sequence[float]) -> int:
         """The cluster of one raw feature row, in the order of `input_cols`."""
+        if self.transform == feature_transform.SIGNED_LOG1P:
+            row = [signed_log1p(x) for x in row]
         return self.kmeans.predict_one(self.scaler.transform_one(row))
+
+    def to_original(self, scaled: np.ndarray) -> np.ndarray:
+        """Points of the scaled space (e.g. the centers) in input units, for people to read."""
+        unscaled = self.scaler.to_original(scaled)
+        if self.transform == feature_transform.SIGNED_LOG1P:
+            return feature_transform.inverse(unscaled)
+        return unscaled
 
     @property
     def k(self) -> int:
         return len(self.kmeans.centers)
+
+
+_NAMES = {
+    _SQL: "SQLTransformer",
+    _ASSEMBLER: "VectorAssembler",
+    _SCALER: "StandardScalerModel",
+    _KMEANS: "KMeansModel",
+}
 
 
 def load_pipeline(path: str | Path) -> SegmentationModel:
@@ -240,30 +427,52 @@ def load_pipeline(path: str | Path) -> SegmentationModel:
         stage_path = root / "stages" / f"{position}_{uid}"
         stages.append((stage_path, _read_metadata(stage_path)))
 
-    classes = [meta["class"] for _, meta in stages]
     for _, meta in stages:
-        if meta["class"] not in (_ASSEMBLER, _SCALER, _KMEANS):
+        if meta["class"] not in _NAMES:
             raise UnsupportedModelError(
                 f"stage {meta['uid']} ({meta['class']}) is not supported; "
-                "supported: VectorAssembler, StandardScalerModel, KMeansModel"
+                f"supported: {', '.join(_NAMES.values())}"
             )
-    if classes != [_ASSEMBLER, _SCALER, _KMEANS]:
-        names = ", ".join(meta["uid"] for _, meta in stages)
+    sql = stages.pop(0)[1] if stages and stages[0][1]["class"] == _SQL else None
+    if [meta["class"] for _, meta in stages] != [_ASSEMBLER, _SCALER, _KMEANS]:
+        names = ", ".join(meta["uid"] for _, meta in ([(None, sql)] if sql else []) + stages)
         raise UnsupportedModelError(
-            f"stages [{names}]: expected VectorAssembler -> StandardScalerModel -> KMeansModel"
+            f"stages [{names}]: expected [SQLTransformer ->] VectorAssembler -> "
+            "StandardScalerModel -> KMeansModel"
         )
     (_, assembler), (scaler_path, scaler_meta), (kmeans_path, kmeans_meta) = stages
     _check_wired(assembler, "outputCol", scaler_meta, "inputCol")
     _check_wired(scaler_meta, "outputCol", kmeans_meta, "featuresCol")
+    input_cols = tuple(_param(assembler, "inputCols"))
+    transform = feature_transform.NONE
+    if sql is not None:
+        input_cols = _signed_log1p_inputs(sql, input_cols)
+        transform = feature_transform.SIGNED_LOG1P
     model = SegmentationModel(
-        input_cols=tuple(_param(assembler, "inputCols")),
+        input_cols=input_cols,
         scaler=Scaler.load(scaler_path, scaler_meta),
         kmeans=NearestCenter.load(kmeans_path, kmeans_meta),
+        transform=transform,
     )
     sizes = {len(model.input_cols), len(model.scaler.mean), model.kmeans.centers.shape[1]}
     if len(sizes) != 1:
         raise UnsupportedModelError(f"{root}: stages disagree on the number of features")
     return model
+
+
+def _signed_log1p_inputs(sql: dict[str, Any], assembled: tuple[str, ...]) -> tuple[str, ...]:
+    """The raw columns, when the SQLTransformer is exactly the recipe's signed log1p of the
+    columns the assembler reads; anything else would be arithmetic this reader does not do."""
+    raw = [feature_transform.input_column(column) for column in assembled]
+    expected = None if None in raw else feature_transform.statement(raw)
+    found = _param(sql, "statement")
+    if expected is None or found != expected:
+        raise UnsupportedModelError(
+            f"stage {sql['uid']} (SQLTransformer): statement {found!r} is not supported; "
+            "supported: the recipe's signed log1p of every column the VectorAssembler reads "
+            f"({expected or 'its inputs must all be ' + feature_transform.OUTPUT_PREFIX + '*'})"
+        )
+    return tuple(raw)
 
 
 def _check_wired(upstream: dict, output: str, downstream: dict, input_: str) -> None:

@@ -62,7 +62,7 @@ class LoadedModel:
             "features": list(self.model.input_cols),
             "centers": {
                 "scaled": centers.tolist(),
-                "original_units": self.model.scaler.to_original(centers).tolist(),
+                "original_units": self.model.to_original(centers).tolist(),
             },
             "segments": self.segments,
             "loaded_at": self.loaded_at,

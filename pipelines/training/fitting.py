@@ -17,9 +17,19 @@ from tqdm import tqdm
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
+from pipelines.training.feature_transform import DEFAULT_TRANSFORM
 from pipelines.training.features import Cleaned, clean, customer_features
 from pipelines.training.report import ModelProfile, segment_profiles
-from pipelines.training.selection import Candidate, best, candidate_ks, fit_candidates
+from pipelines.training.selection import (
+    DEFAULT_K_RANGE,
+    DEFAULT_MIN_CLUSTER_SHARE,
+    FALLBACK,
+    Candidate,
+    Selection,
+    candidate_ks,
+    choose,
+    fit_candidates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +46,13 @@ class Spec:
 
     mode: str = "cumulative"
     k: int | None = None
-    k_range: tuple[int, int] = (2, 8)
+    k_range: tuple[int, int] = DEFAULT_K_RANGE
     seed: int = 42
     max_iter: int = 50
     distance_measure: str = "euclidean"
+    transform: str = DEFAULT_TRANSFORM
+    # A k whose smallest cluster holds less than this share of the customers is not chosen.
+    min_cluster_share: float = DEFAULT_MIN_CLUSTER_SHARE
     # The training covers windows first_window..N; its i-th window gets alias model<i>.
     first_window: int = 1
 
@@ -56,10 +69,14 @@ class WindowFit:
     cleaned: Cleaned
     customers: int
     candidates: list[Candidate]
-    chosen: Candidate
+    selection: Selection
     example: pd.DataFrame
     profile: ModelProfile
     segments: pd.DataFrame  # report.segment_profiles of the chosen model on its customers
+
+    @property
+    def chosen(self) -> Candidate:
+        return self.selection.chosen
 
 
 def fit_window(
@@ -82,14 +99,39 @@ def fit_window(
             ks,
         )
         candidates = fit_candidates(
-            features, customers, ks, spec.seed, spec.max_iter, spec.distance_measure, progress
+            features,
+            customers,
+            ks,
+            spec.seed,
+            spec.max_iter,
+            spec.distance_measure,
+            progress,
+            spec.transform,
         )
         example = features.select(*FEATURES).limit(5).toPandas()
-        chosen = best(candidates)
-        segments = segment_profiles(chosen.model, features)
+        selection = choose(candidates, spec.min_cluster_share, fixed=bool(spec.k))
+        segments = segment_profiles(selection.chosen.model, features)
     finally:
         features.unpersist()
+    chosen = selection.chosen
+    if selection.rule == FALLBACK:
+        log.warning(
+            "window %d: no k in %s has every cluster >= %.1f%% of the customers; "
+            "falling back to k=%d, whose smallest cluster is largest (%.1f%%)",
+            window,
+            ks,
+            100 * spec.min_cluster_share,
+            chosen.k,
+            100 * chosen.min_share,
+        )
+    elif chosen.min_share < spec.min_cluster_share:
+        log.warning(
+            "window %d: fixed k=%d has a cluster of %.1f%% of the customers",
+            window,
+            chosen.k,
+            100 * chosen.min_share,
+        )
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
     return WindowFit(
-        window, ids, cleaned, customers, candidates, chosen, example, profile, segments
+        window, ids, cleaned, customers, candidates, selection, example, profile, segments
     )

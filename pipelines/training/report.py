@@ -35,11 +35,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pyspark.ml import PipelineModel
+from pyspark.ml.feature import SQLTransformer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy.optimize import linear_sum_assignment
 
 from pipelines.data.schema import FEATURES
+from pipelines.training import feature_transform
 
 COMPARISON_COLUMNS = (
     "measure",
@@ -64,10 +66,13 @@ class ModelProfile:
 
     @classmethod
     def of(cls, window: int, model: PipelineModel, silhouette: float) -> ModelProfile:
-        _, scaler, kmeans = model.stages
+        scaler, kmeans = model.stages[-2:]
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
         scaled = np.array(kmeans.clusterCenters())
-        centers = pd.DataFrame(mean + scaled * std, columns=list(FEATURES))
+        unscaled = mean + scaled * std
+        if isinstance(model.stages[0], SQLTransformer):  # the recipe's signed log1p
+            unscaled = feature_transform.inverse(unscaled)
+        centers = pd.DataFrame(unscaled, columns=list(FEATURES))
         centers.index.name = "cluster"
         centers["size"] = kmeans.summary.clusterSizes
         return cls(window, kmeans.getK(), silhouette, centers, std)

@@ -177,7 +177,10 @@ class Recorder:
         params: dict[str, object] = {
             "k": fit.chosen.k,
             "k_range": f"{low}..{high}",
-            "k_selection": "fixed" if spec.k else "silhouette",
+            # fixed | silhouette | fallback-largest-smallest-cluster (no k met the share rule)
+            "k_selection": fit.selection.rule,
+            "min_cluster_share": spec.min_cluster_share,
+            "transform": spec.transform,
             "seed": spec.seed,
             "max_iter": spec.max_iter,
             "distance_measure": spec.distance_measure,
@@ -234,6 +237,8 @@ def _metrics(candidates: list[Candidate], chosen: Candidate) -> list[Metric]:
     ]
     metrics += [Metric("silhouette_by_k", c.silhouette, now, c.k) for c in candidates]
     metrics += [Metric("training_cost_by_k", c.cost, now, c.k) for c in candidates]
+    # Beside silhouette_by_k: a k whose smallest cluster is below min_cluster_share cannot win.
+    metrics += [Metric("min_cluster_share_by_k", c.min_share, now, c.k) for c in candidates]
     metrics += [
         Metric(f"cluster_size_{cluster}", size, now, 0)
         for cluster, size in enumerate(kmeans.summary.clusterSizes)

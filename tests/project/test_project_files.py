@@ -13,9 +13,10 @@ import yaml
 from mlflow.projects._project_spec import load_project
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.evaluate import parser as evaluate_parser
 from pipelines.train import parser as train_parser
 
-ENTRY_POINTS = {"generate", "produce", "consume", "train", "main"}
+ENTRY_POINTS = {"generate", "produce", "consume", "train", "evaluate", "main"}
 MLFLOW_TYPES = {"string", "float", "int", "path", "uri"}
 
 
@@ -91,9 +92,11 @@ def test_train_parameters_and_their_types() -> None:
         "k": "int",
         "k-min": "int",
         "k-max": "int",
+        "min-cluster-share": "float",
         "seed": "int",
         "max-iter": "int",
         "distance-measure": "string",
+        "transform": "string",
     }
 
 
@@ -106,8 +109,22 @@ def test_the_train_command_parses_with_the_train_cli(tmp_path) -> None:
     assert argv[:3] == ["python", "-m", "pipelines.train"]
     args = train_parser(Settings()).parse_args(argv[3:])
     assert (args.windows_dir, args.windows, args.mode, args.k) == (tmp_path, 3, "cumulative", 0)
-    assert (args.k_min, args.k_max, args.seed, args.max_iter) == (2, 8, 42, 50)
+    assert (args.k_min, args.k_max, args.seed, args.max_iter) == (3, 8, 42, 50)
     assert (args.distance_measure, args.first_window) == ("euclidean", 1)
+    assert (args.transform, args.min_cluster_share) == ("signed-log1p", 0.02)
+
+
+def test_the_evaluate_command_parses_with_the_evaluate_cli() -> None:
+    """MLproject's evaluate defaults are valid `pipelines.evaluate` flags, the CLI's defaults."""
+    entry = load_project(str(PROJECT_ROOT)).get_entry_point("evaluate")
+    argv = shlex.split(entry.compute_command({}, storage_dir=None))
+
+    assert argv[:3] == ["python", "-m", "pipelines.evaluate"]
+    args = evaluate_parser(Settings()).parse_args(argv[3:])
+    defaults = evaluate_parser(Settings()).parse_args(["--input", str(args.input)])
+    assert args.input.name == "online_retail.csv" and str(args.output) in ("", ".")
+    for name in ("k", "k_min", "k_max", "min_cluster_share", "transform"):
+        assert getattr(args, name) == getattr(defaults, name), name
 
 
 def test_main_defaults_generate_when_no_data_is_given() -> None:

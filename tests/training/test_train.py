@@ -30,7 +30,6 @@ from mlflow import MlflowClient
 from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -104,7 +103,9 @@ def test_params_describe_data_model_and_provenance(training: Training) -> None:
         assert params["windows"] == ",".join(map(str, ids))
         assert params["mode"] == "cumulative"
         assert params["k"] == str(training.trained[window - 1].k)
-        assert params["k_range"] == "2..8" and params["k_selection"] == "silhouette"
+        assert params["k_range"] == "3..8" and params["k_selection"] == "silhouette"
+        assert params["transform"] == "signed-log1p"
+        assert float(params["min_cluster_share"]) == 0.02
         assert (params["seed"], params["max_iter"]) == ("42", "50")
         assert params["distance_measure"] == "euclidean"
         assert params["silhouette_distance"] == "squaredEuclidean"
@@ -133,11 +134,19 @@ def test_metrics_score_every_candidate_and_size_every_cluster(training: Training
         metrics = training.run(t.window).data.metrics
         by_k = {m.step: m.value for m in client.get_metric_history(t.run_id, "silhouette_by_k")}
         costs = client.get_metric_history(t.run_id, "training_cost_by_k")
+        shares = client.get_metric_history(t.run_id, "min_cluster_share_by_k")
+        min_share = {m.step: m.value for m in shares}
         sizes = [metrics[f"cluster_size_{c}"] for c in range(t.k)]
+        eligible = [k for k in by_k if min_share[k] >= 0.02]
 
-        assert sorted(by_k) == list(range(2, 9)) and len(costs) == 7
-        assert metrics["silhouette"] == pytest.approx(t.silhouette) == max(by_k.values())
+        assert sorted(by_k) == list(range(3, 9)) and len(costs) == 6
+        assert sorted(min_share) == sorted(by_k)
+        # The best silhouette among the k whose every cluster holds >= 2% of the customers.
+        assert metrics["silhouette"] == pytest.approx(t.silhouette)
+        assert t.silhouette == max(by_k[k] for k in eligible)
         assert by_k[t.k] == pytest.approx(t.silhouette)
+        assert min_share[t.k] == pytest.approx(min(sizes) / sum(sizes))
+        assert min_share[t.k] >= 0.02
         assert -1 < t.silhouette <= 1
         assert metrics["training_cost"] > 0
         assert f"cluster_size_{t.k}" not in metrics
@@ -265,23 +274,25 @@ def test_clusters_recover_the_generated_segments(training: Training, spark: Spar
 
 
 def test_scaling_beats_the_unscaled_recipe(training: Training, spark: SparkSession) -> None:
-    """Same data, same k and seed, no scaler: raw TotalAmount dominates and it does worse.
+    """Same data, same k and seed, the recipe without its scaler (signed log1p -> assemble ->
+    KMeans): the features' different spreads decide the clusters and it does worse.
 
     Silhouette is compared twice: each recipe in its own feature space (what each would report),
     and both in the scaled space (the same yardstick), plus agreement with the true segments.
+    (The recipe against the one before issue 9, raw totals, is tests/training/test_recipe.py.)
     """
     t = training.trained[-1]
     features = _all_features(training, spark)
     scaled = mlflow.spark.load_model(f"models:/{NAME}/{t.version}")
-    assembler = VectorAssembler(inputCols=list(FEATURES), outputCol="raw_features")
-    kmeans = KMeans(featuresCol="raw_features", k=t.k, seed=42, maxIter=50)
-    unscaled = Pipeline(stages=[assembler, kmeans]).fit(features)
+    transform, assembler, scaler, _ = scaled.stages
+    kmeans = KMeans(featuresCol=assembler.getOutputCol(), k=t.k, seed=42, maxIter=50)
+    unscaled = Pipeline(stages=[transform, assembler, kmeans]).fit(features)
     unscaled_out = unscaled.transform(features)
     evaluator = ClusteringEvaluator(predictionCol=PREDICTION_COL)
 
-    own_space = evaluator.setFeaturesCol("raw_features").evaluate(unscaled_out)
-    in_scaled_space = evaluator.setFeaturesCol("features").evaluate(
-        scaled.stages[1].transform(unscaled_out)
+    own_space = evaluator.setFeaturesCol(assembler.getOutputCol()).evaluate(unscaled_out)
+    in_scaled_space = evaluator.setFeaturesCol(scaler.getOutputCol()).evaluate(
+        scaler.transform(unscaled_out)
     )
     assert t.silhouette > own_space
     assert t.silhouette > in_scaled_space
