@@ -5,25 +5,19 @@ either spelling of the columns), cleaned and turned into customer features exact
 does (`pipelines.training.features`) on a local SparkSession, and the candidates are fitted and
 chosen by `pipelines.training.selection`, the code training runs. What it prints (or writes as
 JSON) is what a person needs to judge the recipe on real data: per k the silhouette and the
-cluster shares, which k are ineligible and why, the chosen k and a profile of its clusters.
-
-The profile is `cluster_profile`, a simple per-cluster table (customers, share, median totals).
-It is the hook for named segment profiles: pipelines/training/report.py is to provide a function
-of the chosen PipelineModel and the customer features DataFrame returning a per-cluster table
-with names, which replaces `cluster_profile` here (`PROFILE` below) when it lands.
+cluster shares, which k are ineligible and why, the chosen k and its named segments
+(`pipelines.training.report.segment_profiles`, the profile every training run logs).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.data.load import load_transactions
@@ -31,7 +25,7 @@ from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import ARROW_SCHEMA
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM
 from pipelines.training.features import Cleaned, clean, customer_features
-from pipelines.training.recipe import PREDICTION_COL
+from pipelines.training.report import segment_profiles
 from pipelines.training.selection import (
     DEFAULT_K_RANGE,
     DEFAULT_MIN_CLUSTER_SHARE,
@@ -42,25 +36,6 @@ from pipelines.training.selection import (
     choose,
     fit_candidates,
 )
-
-
-def cluster_profile(model: PipelineModel, features: DataFrame) -> pd.DataFrame:
-    """Per cluster of `model` over `features`: customers, share and the median of each total.
-
-    Index: cluster. Medians rather than means: the totals are heavy-tailed.
-    """
-    predicted = model.transform(features).select(PREDICTION_COL, *FEATURES).toPandas()
-    groups = predicted.groupby(PREDICTION_COL)
-    table = pd.DataFrame({"customers": groups.size()})
-    table["share"] = table["customers"] / len(predicted)
-    for feature in FEATURES:
-        table[f"median_{feature}"] = groups[feature].median()
-    table.index.name = "cluster"
-    return table
-
-
-# The per-cluster table printed for the chosen model (see the module docstring).
-PROFILE: Callable[[PipelineModel, DataFrame], pd.DataFrame] = cluster_profile
 
 
 @dataclass(frozen=True)
@@ -150,7 +125,7 @@ def evaluate(
             features, customers, ks, seed, max_iter, "euclidean", transform=transform
         )
         selection = choose(candidates, min_cluster_share, fixed=bool(k))
-        profile = PROFILE(selection.chosen.model, features)
+        profile = segment_profiles(selection.chosen.model, features).set_index("cluster")
     finally:
         features.unpersist()
     return Evaluation(
@@ -208,10 +183,14 @@ def report(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+# The segment table as printed; the ratios behind the names are in --output.
+SHOWN = ("name", "customers", "share", "revenue_share", *(f"median_{f}" for f in FEATURES))
+
+
 def _format_profile(profile: pd.DataFrame) -> str:
-    shown = profile.copy()
-    if "share" in shown:
-        shown["share"] = shown["share"].map(lambda share: f"{share:.1%}")
+    shown = profile.loc[:, list(SHOWN)].copy()
+    for column in ("share", "revenue_share"):
+        shown[column] = shown[column].map(lambda share: f"{share:.1%}")
     return shown.to_string(float_format=lambda value: f"{value:,.1f}")
 
 
