@@ -18,6 +18,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -44,17 +45,9 @@ log = logging.getLogger(__name__)
 def train_windows(
     windows_dir: Path,
     windows: int = DEFAULT_WINDOWS,
-    mode: str = "cumulative",
-    k: int | None = None,
-    k_range: tuple[int, int] = DEFAULT_K_RANGE,
-    seed: int = 42,
-    max_iter: int = 50,
-    distance_measure: str = "euclidean",
     settings: Settings | None = None,
     spark: SparkSession | None = None,
-    first_window: int = 1,
-    transform: str = DEFAULT_TRANSFORM,
-    min_cluster_share: float = DEFAULT_MIN_CLUSTER_SHARE,
+    **choices: Any,
 ) -> list[TrainedWindow]:
     """Train, log and register windows `first_window`..`windows`; then point aliases model1..
     at them, in that order (a second demo run trains windows 4..6 into model1..model3).
@@ -64,27 +57,10 @@ def train_windows(
     keeps the registry versions in window order. (Fitting the windows concurrently as well was
     slower: on two cores their jobs only crowd each other.)
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if distance_measure not in DISTANCE_MEASURES:
-        raise ValueError(f"distance_measure must be one of {DISTANCE_MEASURES}")
+    spec = Spec(**choices)  # mode, k, k_range, seed, ...: see Spec; it checks them
+    first_window = spec.first_window
     if not 1 <= first_window <= windows:
         raise ValueError(f"need 1 <= first_window <= windows, got {first_window} and {windows}")
-    if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-    if not 0 <= min_cluster_share < 1:
-        raise ValueError(f"min_cluster_share must be in [0, 1), got {min_cluster_share}")
-    spec = Spec(
-        mode=mode,
-        k=k,
-        k_range=k_range,
-        seed=seed,
-        max_iter=max_iter,
-        distance_measure=distance_measure,
-        transform=transform,
-        min_cluster_share=min_cluster_share,
-        first_window=first_window,
-    )
     settings = settings or Settings.from_env()
     manifests = _manifests(windows_dir, windows)
     # `mlflow run` hands its run over MLFLOW_RUN_ID: the window runs become its children rather
@@ -175,13 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         trained = train_windows(
             args.windows_dir,
             windows=args.windows,
+            settings=settings,
             mode=args.mode,
             k=args.k or None,
             k_range=(args.k_min, args.k_max),
             seed=args.seed,
             max_iter=args.max_iter,
             distance_measure=args.distance_measure,
-            settings=settings,
             first_window=args.first_window,
             transform=args.transform,
             min_cluster_share=args.min_cluster_share,

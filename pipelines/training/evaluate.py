@@ -23,18 +23,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pipelines.data.load import load_transactions
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import ARROW_SCHEMA
-from pipelines.training.feature_transform import DEFAULT_TRANSFORM
 from pipelines.training.features import Cleaned, clean, customer_features
-from pipelines.training.report import segment_profiles
+from pipelines.training.fitting import CustomerFit, Spec, fit_customers
 from pipelines.training.selection import (
-    DEFAULT_K_RANGE,
-    DEFAULT_MIN_CLUSTER_SHARE,
     FALLBACK,
     Candidate,
     Selection,
-    candidate_ks,
-    choose,
-    fit_candidates,
 )
 
 
@@ -43,13 +37,24 @@ class Evaluation:
     source: str
     malformed_lines: int
     cleaned: Cleaned
-    customers: int
-    transform: str
-    k_range: tuple[int, int]
-    fixed_k: int | None
-    candidates: list[Candidate]
-    selection: Selection
-    profile: pd.DataFrame
+    spec: Spec
+    fit: CustomerFit
+
+    @property
+    def customers(self) -> int:
+        return self.fit.customers
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.fit.candidates
+
+    @property
+    def selection(self) -> Selection:
+        return self.fit.selection
+
+    @property
+    def profile(self) -> pd.DataFrame:
+        return self.fit.segments.set_index("cluster")
 
     @property
     def chosen(self) -> Candidate:
@@ -65,9 +70,9 @@ class Evaluation:
             "malformed_lines": self.malformed_lines,
             "dropped": self.cleaned.dropped,
             "customers": self.customers,
-            "transform": self.transform,
-            "k_range": list(self.k_range),
-            "fixed_k": self.fixed_k,
+            "transform": self.spec.transform,
+            "k_range": list(self.spec.k_range),
+            "fixed_k": self.spec.k,
             "min_cluster_share": selection.min_cluster_share,
             "k_selection": selection.rule,
             "chosen_k": self.chosen.k,
@@ -104,42 +109,16 @@ def read_transactions(spark: SparkSession, path: Path) -> tuple[DataFrame, int]:
     return spark.createDataFrame(table), len(loaded.malformed)
 
 
-def evaluate(
-    spark: SparkSession,
-    path: Path,
-    k_range: tuple[int, int] = DEFAULT_K_RANGE,
-    k: int | None = None,
-    min_cluster_share: float = DEFAULT_MIN_CLUSTER_SHARE,
-    transform: str = DEFAULT_TRANSFORM,
-    seed: int = 42,
-    max_iter: int = 50,
-) -> Evaluation:
-    """Clean, build features, fit every candidate k and choose, as training does for a window."""
+def evaluate(spark: SparkSession, path: Path, **choices: Any) -> Evaluation:
+    """Clean, build features, fit every candidate k and choose, as training does for a window.
+
+    `choices` are the recipe's (k, k_range, min_cluster_share, transform, seed, ...): see Spec.
+    """
+    spec = Spec(**choices)
     transactions, malformed = read_transactions(spark, path)
     cleaned = clean(transactions)
-    features = customer_features(cleaned.rows).cache()
-    try:
-        customers = features.count()
-        ks = candidate_ks(k, k_range, customers)
-        candidates = fit_candidates(
-            features, customers, ks, seed, max_iter, "euclidean", transform=transform
-        )
-        selection = choose(candidates, min_cluster_share, fixed=bool(k))
-        profile = segment_profiles(selection.chosen.model, features).set_index("cluster")
-    finally:
-        features.unpersist()
-    return Evaluation(
-        source=str(path),
-        malformed_lines=malformed,
-        cleaned=cleaned,
-        customers=customers,
-        transform=transform,
-        k_range=k_range,
-        fixed_k=k,
-        candidates=candidates,
-        selection=selection,
-        profile=profile,
-    )
+    fit = fit_customers(customer_features(cleaned.rows), spec, str(path))
+    return Evaluation(str(path), malformed, cleaned, spec, fit)
 
 
 def report(evaluation: Evaluation) -> str:
@@ -147,11 +126,11 @@ def report(evaluation: Evaluation) -> str:
     e, selection = evaluation, evaluation.selection
     cleaned = e.cleaned
     ks = [c.k for c in e.candidates]
-    if e.fixed_k:
-        tried = f"fixed at {e.fixed_k}"
+    if e.spec.k:
+        tried = f"fixed at {e.spec.k}"
     else:
-        tried = f"in {e.k_range[0]}..{e.k_range[1]}"
-        if (ks[0], ks[-1]) != e.k_range:
+        tried = f"in {e.spec.k_range[0]}..{e.spec.k_range[1]}"
+        if (ks[0], ks[-1]) != e.spec.k_range:
             tried += f" (tried {ks[0]}..{ks[-1]}: silhouette needs 2 <= k < customers)"
     dropped = ", ".join(f"{rule} {count:,}" for rule, count in cleaned.dropped.items())
     lines = [
@@ -159,7 +138,7 @@ def report(evaluation: Evaluation) -> str:
         f"rows:       {cleaned.rows_read:,} read, {cleaned.rows_kept:,} kept "
         f"(dropped: {dropped}; {e.malformed_lines:,} malformed lines skipped)",
         f"customers:  {e.customers:,}",
-        f"recipe:     transform {e.transform}, k {tried}, "
+        f"recipe:     transform {e.spec.transform}, k {tried}, "
         f"min cluster share {selection.min_cluster_share:.1%}",
         "",
         f"{'k':>3}  {'silhouette':>10}  {'smallest':>8}  {'cluster shares':<44}  verdict",

@@ -11,18 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from tqdm import tqdm
 
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
-from pipelines.training.feature_transform import DEFAULT_TRANSFORM
+from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
 from pipelines.training.features import Cleaned, clean, customer_features
 from pipelines.training.report import ModelProfile, segment_profiles
 from pipelines.training.selection import (
     DEFAULT_K_RANGE,
     DEFAULT_MIN_CLUSTER_SHARE,
+    DISTANCE_MEASURES,
     FALLBACK,
     Candidate,
     Selection,
@@ -56,6 +57,19 @@ class Spec:
     # The training covers windows first_window..N; its i-th window gets alias model<i>.
     first_window: int = 1
 
+    def __post_init__(self) -> None:
+        """Refuse a bad choice before any Spark job, naming it."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.distance_measure not in DISTANCE_MEASURES:
+            raise ValueError(f"distance_measure must be one of {DISTANCE_MEASURES}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        if not 0 <= self.min_cluster_share < 1:
+            raise ValueError(f"min_cluster_share must be in [0, 1), got {self.min_cluster_share}")
+        if self.first_window < 1:
+            raise ValueError(f"first_window must be >= 1, got {self.first_window}")
+
     def alias(self, window: int) -> str:
         return registry.alias_for(window - self.first_window + 1)
 
@@ -79,25 +93,30 @@ class WindowFit:
         return self.selection.chosen
 
 
-def fit_window(
-    spark: SparkSession, windows_dir: Path, window: int, spec: Spec, progress: tqdm | None = None
-) -> WindowFit:
-    """Read the window's training set, clean it, build features, fit and choose the model."""
-    ids = training_windows(window, spec.mode)
-    cleaned = clean(spark.read.parquet(*[str(window_path(windows_dir, i)) for i in ids]))
-    features = customer_features(cleaned.rows).cache()
+@dataclass(frozen=True)
+class CustomerFit:
+    """The candidates fitted on one set of customers, the one chosen and its named segments."""
+
+    customers: int
+    candidates: list[Candidate]
+    selection: Selection
+    segments: pd.DataFrame  # report.segment_profiles of the chosen model on these customers
+    example: pd.DataFrame  # a few customers' features: the logged model's input example
+
+
+def fit_customers(
+    features: DataFrame, spec: Spec, what: str, progress: tqdm | None = None
+) -> CustomerFit:
+    """Fit every candidate k on `features` (one row per customer), choose one and profile it.
+
+    Training runs this per window and `pipelines.evaluate` on a whole file, so both judge the
+    recipe the same way. `what` names the customers in the log ("window 2", a file).
+    """
+    features = features.cache()
     try:
         customers = features.count()
         ks = candidate_ks(spec.k, spec.k_range, customers)
-        log.info(
-            "window %d: windows %s, %d rows read, dropped %s; %d customers, k in %s",
-            window,
-            ids,
-            cleaned.rows_read,
-            cleaned.dropped,
-            customers,
-            ks,
-        )
+        log.info("%s: %d customers, k in %s", what, customers, ks)
         candidates = fit_candidates(
             features,
             customers,
@@ -116,9 +135,9 @@ def fit_window(
     chosen = selection.chosen
     if selection.rule == FALLBACK:
         log.warning(
-            "window %d: no k in %s has every cluster >= %.1f%% of the customers; "
+            "%s: no k in %s has every cluster >= %.1f%% of the customers; "
             "falling back to k=%d, whose smallest cluster is largest (%.1f%%)",
-            window,
+            what,
             ks,
             100 * spec.min_cluster_share,
             chosen.k,
@@ -126,12 +145,38 @@ def fit_window(
         )
     elif chosen.min_share < spec.min_cluster_share:
         log.warning(
-            "window %d: fixed k=%d has a cluster of %.1f%% of the customers",
-            window,
+            "%s: fixed k=%d has a cluster of %.1f%% of the customers",
+            what,
             chosen.k,
             100 * chosen.min_share,
         )
+    return CustomerFit(customers, candidates, selection, segments, example)
+
+
+def fit_window(
+    spark: SparkSession, windows_dir: Path, window: int, spec: Spec, progress: tqdm | None = None
+) -> WindowFit:
+    """Read the window's training set, clean it, build features, fit and choose the model."""
+    ids = training_windows(window, spec.mode)
+    cleaned = clean(spark.read.parquet(*[str(window_path(windows_dir, i)) for i in ids]))
+    log.info(
+        "window %d: windows %s, %d rows read, dropped %s",
+        window,
+        ids,
+        cleaned.rows_read,
+        cleaned.dropped,
+    )
+    fit = fit_customers(customer_features(cleaned.rows), spec, f"window {window}", progress)
+    chosen = fit.selection.chosen
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
     return WindowFit(
-        window, ids, cleaned, customers, candidates, selection, example, profile, segments
+        window,
+        ids,
+        cleaned,
+        fit.customers,
+        fit.candidates,
+        fit.selection,
+        fit.example,
+        profile,
+        fit.segments,
     )

@@ -16,7 +16,6 @@ from pipelines.data.generator import generate_dataset, write_csv
 from pipelines.evaluate import main
 from pipelines.training.evaluate import evaluate, report
 from pipelines.training.selection import FIXED, SILHOUETTE
-from tests.spark_fixtures import local_spark
 
 # <parent>/main and <parent>/shared; a worktree under <parent>/wt/<name> looks one level up.
 SHARED_DATA = [p / "shared" / "data" for p in (PROJECT_ROOT.parent, PROJECT_ROOT.parent.parent)]
@@ -28,11 +27,6 @@ def sample(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     pytest.fail(f"missing test sample {name} in {SHARED_DATA}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def spark() -> SparkSession:
-    return local_spark()
 
 
 def test_a_missing_file_is_an_error_without_spark(tmp_path: Path, capsys) -> None:

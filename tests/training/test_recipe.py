@@ -19,9 +19,9 @@ from pyspark.sql import DataFrame, SparkSession
 from sklearn.metrics import adjusted_rand_score
 
 from pipelines.config import Settings
-from pipelines.data.generator import DEFAULT_ROWS, DEFAULT_SEED
+from pipelines.data.generator import DEFAULT_ROWS, DEFAULT_SEED, generate_dataset
 from pipelines.data.schema import FEATURES
-from pipelines.ingest.window_files import window_path
+from pipelines.ingest.window_files import window_path, write_windows
 from pipelines.train import parser as train_parser
 from pipelines.training import feature_transform
 from pipelines.training.features import clean, customer_features
@@ -36,7 +36,6 @@ from pipelines.training.selection import (
     choose,
     fit_candidates,
 )
-from tests.spark_fixtures import local_spark, write_generated_windows
 
 # The recipe before issue 9: standard-scaled raw totals, k by silhouette alone over 2..8.
 RAW = Spec(transform="none", k_range=(2, 8), min_cluster_share=0.0)
@@ -62,11 +61,6 @@ def heavy_tailed_customers(n: int, seed: int, giants: int = 12) -> pd.DataFrame:
             "NumInvoices": invoices.astype(np.int64),
         }
     )
-
-
-@pytest.fixture(scope="module")
-def spark() -> SparkSession:
-    return local_spark()
 
 
 def frame(spark: SparkSession, customers: pd.DataFrame) -> DataFrame:
@@ -211,7 +205,8 @@ def test_a_fixed_k_is_fitted_and_kept(spark: SparkSession) -> None:
 @pytest.fixture(scope="module")
 def default_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     windows_dir = tmp_path_factory.mktemp("default-windows")
-    _, segments = write_generated_windows(windows_dir, DEFAULT_ROWS, DEFAULT_SEED)
+    transactions, segments = generate_dataset(DEFAULT_ROWS, DEFAULT_SEED)
+    write_windows(transactions, windows_dir)
     return windows_dir, segments
 
 
