@@ -193,55 +193,81 @@ def _log1p_rare(x: float) -> float:
     return k * _LN2_HI - ((hfsq - (s * (hfsq + R) + (k * _LN2_LO + 0.0))) - f)
 
 
+def _poly(z: np.ndarray) -> np.ndarray:
+    return z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+
+
 def _log1p_array(x: np.ndarray) -> np.ndarray:
-    """StrictMath.log1p of every element (all >= 0 or NaN): each branch of fdlibm computed for
-    all elements, then the right one picked per element."""
+    """StrictMath.log1p of every element (all >= 0, or NaN), fdlibm's branches each computed on
+    the elements that take it."""
+    out = np.empty_like(x)
     with np.errstate(all="ignore"):
-        large = ~(x < _TWO_53)  # and inf, NaN
-        u = np.where(large, x, 1.0 + x)
-        m, e = np.frexp(u)
-        c = np.where(large, 0.0, np.where(e > 1, 1.0 - (u - x), x - (u - 1.0)) / u)
-        t = m + m - 1.0
-        low = t < _SQRT2_TOP
-        k = np.where(low, e - 1, e).astype(np.float64)
-        f = np.where(low, t, m - 1.0)
-        hfsq = 0.5 * f * f
-        s = f / (2.0 + f)
-        z = s * s
-        R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
-        reduced = k * _LN2_HI - ((hfsq - (s * (hfsq + R) + (k * _LN2_LO + c))) - f)
+        reduced = (x >= _K0_ABOVE) & (x < _TWO_53)
+        if reduced.any():
+            xs = x[reduced]
+            u = 1.0 + xs
+            m, e = np.frexp(u)
+            c = np.where(e > 1, 1.0 - (u - xs), xs - (u - 1.0)) / u
+            out[reduced] = _log1p_reduced(m, e, c)
+        small = x < _K0_ABOVE
+        if small.any():
+            xs = x[small]
+            hfsq = 0.5 * xs * xs
+            s = xs / (2.0 + xs)
+            k0 = xs - (hfsq - s * (hfsq + _poly(s * s)))
+            tiny = np.where(xs < _TWO_M54, xs, xs - xs * xs * 0.5)
+            out[small] = np.where(xs < _TWO_M29, tiny, k0)
+        large = ~(reduced | small)  # >= 2**53, inf, NaN
+        if large.any():
+            xs = x[large]
+            m, e = np.frexp(xs)
+            finite = _log1p_reduced(m, e, np.zeros_like(xs))
+            out[large] = np.where(np.isnan(xs) | (xs == np.inf), xs + xs, finite)
+    return out
+
+
+def _log1p_reduced(m: np.ndarray, e: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """fdlibm's log1p from u = m * 2**e (0.5 <= m < 1) and the correction term c."""
+    t = m + m - 1.0
+    low = t < _SQRT2_TOP
+    k = np.where(low, e - 1, e).astype(np.float64)
+    f = np.where(low, t, m - 1.0)
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    out = k * _LN2_HI - ((hfsq - (s * (hfsq + _poly(s * s)) + (k * _LN2_LO + c))) - f)
+    hu_zero = np.where(low, t < _TWO_M20, t >= _HU_ZERO_HALF)
+    if hu_zero.any():  # u within 2**-20 of a power of two
+        k, f, c, hfsq = k[hu_zero], f[hu_zero], c[hu_zero], hfsq[hu_zero]
         near = k * _LN2_HI - ((hfsq * (1.0 - 0.66666666666666666 * f) - (k * _LN2_LO + c)) - f)
-        near = np.where(f == 0.0, k * _LN2_HI + (c + k * _LN2_LO), near)
-        hu_zero = np.where(low, t < _TWO_M20, t >= _HU_ZERO_HALF)
-        reduced = np.where(hu_zero, near, reduced)
-        # x < 0.41422: k = 0, f = x; below 2**-29 a shorter series.
-        hfsq = 0.5 * x * x
-        s = x / (2.0 + x)
-        z = s * s
-        R = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
-        small = x - (hfsq - s * (hfsq + R))
-        tiny = np.where(x < _TWO_M54, x, x - x * x * 0.5)
-        small = np.where(x < _TWO_M29, tiny, small)
-        return np.where(x < _K0_ABOVE, small, np.where(np.isnan(x) | (x == np.inf), x + x, reduced))
+        out[hu_zero] = np.where(f == 0.0, k * _LN2_HI + (c + k * _LN2_LO), near)
+    return out
 
 
 def signed_log1p_array(x: np.ndarray) -> np.ndarray:
-    """`signed_log1p` of every element of a float64 array."""
+    """`signed_log1p` of every element of a float64 array; whole numbers from the table."""
     negative = x < 0.0
-    magnitude = _log1p_array(np.where(negative, -x, x))
-    return np.where(negative, -magnitude, magnitude)
+    magnitude = np.where(negative, -x, x)  # -0.0 stays -0.0, as log1p(-0.0) is -0.0
+    with np.errstate(invalid="ignore"):
+        whole = (magnitude >= 1.0) & (magnitude < _TABLE_LIMIT)
+        whole &= magnitude == np.floor(magnitude)
+    out = np.empty_like(magnitude)
+    out[whole] = _LOG1P_OF_WHOLE_NUMBERS[magnitude[whole].astype(np.int64)]
+    rest = ~whole
+    out[rest] = _log1p_array(magnitude[rest])
+    return np.where(negative, -out, out)
 
 
-def _signed_log1p_table(limit: int) -> dict[float, float]:
+def _signed_log1p_table(values: np.ndarray) -> dict[float, float]:
     """signed_log1p of the whole numbers 0 < |n| < limit, keyed by value (0 is left out: -0.0
     would find it and lose its sign)."""
-    whole = np.arange(1.0, limit)
-    values = _log1p_array(whole)
+    whole = np.arange(1.0, len(values))
     keys = [*whole.tolist(), *(-whole).tolist()]
-    return dict(zip(keys, [*values.tolist(), *(-values).tolist()], strict=True))
+    return dict(zip(keys, [*values[1:].tolist(), *(-values[1:]).tolist()], strict=True))
 
 
-_SIGNED_LOG1P_OF_INTEGERS = _signed_log1p_table(_TABLE_LIMIT)
+# log1p(n) for n = 0 .. _TABLE_LIMIT - 1, by the vectorised port.
+_LOG1P_OF_WHOLE_NUMBERS = _log1p_array(np.arange(float(_TABLE_LIMIT)))
+_SIGNED_LOG1P_OF_INTEGERS = _signed_log1p_table(_LOG1P_OF_WHOLE_NUMBERS)
 
 
 @dataclass(frozen=True)
