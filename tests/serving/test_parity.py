@@ -23,13 +23,8 @@ from pyspark.sql import SparkSession
 from pipelines.data.schema import FEATURES
 from pipelines.training import feature_transform
 from pipelines.training.recipe import build_pipeline
-from serving.predictor import (
-    SegmentationModel,
-    UnsupportedModelError,
-    load_pipeline,
-    signed_log1p,
-    signed_log1p_array,
-)
+from serving.predictor import SegmentationModel, UnsupportedModelError, load_pipeline
+from serving.strict_log1p import signed_log1p, signed_log1p_array
 from tests.serving_fixtures import (
     MODEL_NAME,
     features_frame,
