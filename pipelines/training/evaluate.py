@@ -6,7 +6,7 @@ does (`pipelines.training.features`) on a local SparkSession, and the candidates
 chosen by `pipelines.training.selection`, the code training runs. What it prints (or writes as
 JSON) is what a person needs to judge the recipe on real data: per k the silhouette and the
 cluster shares, which k are ineligible and why, the chosen k and its named segments
-(`pipelines.training.report.segment_profiles`, the profile every training run logs).
+(`pipelines.training.segments.segment_profiles`, the profile every training run logs).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
 from pipelines.training.features import Cleaned, clean, customer_features
-from pipelines.training.report import ModelProfile, segment_profiles
+from pipelines.training.report import ModelProfile
+from pipelines.training.segments import segment_profiles
 from pipelines.training.selection import (
     DEFAULT_K_RANGE,
     DEFAULT_MIN_CLUSTER_SHARE,
@@ -86,7 +87,7 @@ class WindowFit:
     selection: Selection
     example: pd.DataFrame
     profile: ModelProfile
-    segments: pd.DataFrame  # report.segment_profiles of the chosen model on its customers
+    segments: pd.DataFrame  # segments.segment_profiles of the chosen model on its customers
 
     @property
     def chosen(self) -> Candidate:
@@ -100,7 +101,7 @@ class CustomerFit:
     customers: int
     candidates: list[Candidate]
     selection: Selection
-    segments: pd.DataFrame  # report.segment_profiles of the chosen model on these customers
+    segments: pd.DataFrame  # segments.segment_profiles of the chosen model on these customers
     example: pd.DataFrame  # a few customers' features: the logged model's input example
 
 

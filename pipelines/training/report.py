@@ -1,43 +1,22 @@
-"""The readable artifacts of a training run: segments, cluster centers, change since last window.
+"""The readable artifacts of a training run: cluster centers and the change since last window.
 
 Centers are reported in original units (quantities, money, invoices) because that is what a person
 reading a segment needs; distances between models are measured in standard deviations of the
 current model's scaler, the space KMeans itself works in.
 
-Segments (`segment_profiles`) describe each cluster by the customers the model puts in it: how
-many and what share of all customers, what share of the revenue (sum of TotalAmount), and the
-median TotalQuantity, TotalAmount, NumInvoices and units per invoice (TotalQuantity/NumInvoices).
-Medians, not centers: a few huge customers move a center, not a median.
-
-Each segment gets a name from three ratios of its medians to the medians of all customers:
-frequency (NumInvoices), value (TotalAmount) and basket (units per invoice).
-
-    basket >= 4                      -> "wholesale" (big orders say more than how often or how much)
-    otherwise, by frequency:  >= 4   -> "loyal",  >= 1.5 -> "regular",  else "occasional"
-              and value >= 3         -> " high-value" appended, e.g. "loyal high-value"
-    no customers at all              -> "empty"
-
-Names depend only on the profile, never on the arbitrary cluster ids, so the same fit gets the
-same names. When several segments of one model earn the same name, they are numbered " 1", " 2",
-... in ascending order of median TotalAmount (then median NumInvoices, then cluster id): e.g.
-"occasional 1" spends less than "occasional 2". The ratios are in the profile, so every name can
-be checked against its numbers.
+The segments of a model and their names are pipelines/training/segments.py.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import SQLTransformer
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from scipy.optimize import linear_sum_assignment
 
 from pipelines.data.schema import FEATURES
@@ -76,148 +55,6 @@ class ModelProfile:
         centers.index.name = "cluster"
         centers["size"] = kmeans.summary.clusterSizes
         return cls(window, kmeans.getK(), silhouette, centers, std)
-
-
-# Name thresholds: ratios of a segment's median to the median of all customers (module docstring).
-WHOLESALE_BASKET = 4.0
-LOYAL_FREQUENCY = 4.0
-REGULAR_FREQUENCY = 1.5
-HIGH_VALUE = 3.0
-
-UNITS_PER_INVOICE = "UnitsPerInvoice"
-MEDIANS = (*FEATURES, UNITS_PER_INVOICE)
-SEGMENT_COLUMNS = (
-    "cluster",
-    "name",
-    "customers",
-    "share",
-    "revenue",
-    "revenue_share",
-    *(f"median_{m}" for m in MEDIANS),
-    "frequency_ratio",
-    "value_ratio",
-    "basket_ratio",
-)
-
-
-def segment_profiles(model: PipelineModel, features: DataFrame) -> pd.DataFrame:
-    """One row per cluster of `model` (all k, empty ones too): size, revenue, medians, name.
-
-    `features` holds one row per customer with the FEATURES columns (other columns are ignored),
-    as pipelines/training/features.py makes them; the model assigns the clusters. One Spark job.
-    Columns: SEGMENT_COLUMNS; shares are fractions of all the customers and of their revenue.
-    """
-    quantity, amount, invoices = FEATURES
-    kmeans = model.stages[-1]
-    scored = model.transform(features.select(*FEATURES)).select(
-        *FEATURES,
-        F.col(kmeans.getPredictionCol()).alias("cluster"),
-        F.try_divide(F.col(quantity), F.col(invoices)).alias(UNITS_PER_INVOICE),
-    )
-    # rollup: the row with a null cluster holds the same measures over every customer.
-    rows = (
-        scored.rollup("cluster")
-        .agg(
-            F.count("*").alias("customers"),
-            F.sum(amount).alias("revenue"),
-            *(F.median(m).alias(f"median_{m}") for m in MEDIANS),
-        )
-        .toPandas()
-    )
-    overall = rows[rows["cluster"].isna()].iloc[0]
-    clusters = rows.dropna(subset=["cluster"]).astype({"cluster": "int64"}).set_index("cluster")
-    clusters = clusters.reindex(range(kmeans.getK()))
-    clusters["customers"] = clusters["customers"].fillna(0).astype("int64")
-    clusters["revenue"] = clusters["revenue"].fillna(0.0)
-    clusters["share"] = clusters["customers"] / overall["customers"]
-    clusters["revenue_share"] = clusters["revenue"] / overall["revenue"]
-    for ratio, measure in (
-        ("frequency_ratio", invoices),
-        ("value_ratio", amount),
-        ("basket_ratio", UNITS_PER_INVOICE),
-    ):
-        base = overall[f"median_{measure}"]
-        clusters[ratio] = clusters[f"median_{measure}"] / base if base and base > 0 else np.nan
-    clusters["name"] = segment_names(clusters)
-    return clusters.reset_index()[list(SEGMENT_COLUMNS)]
-
-
-def segment_name(customers: int, frequency: float, value: float, basket: float) -> str:
-    """The name of one segment from its ratios to all customers' medians (module docstring)."""
-    if customers == 0:
-        return "empty"
-    if basket >= WHOLESALE_BASKET:
-        return "wholesale"
-    if frequency >= LOYAL_FREQUENCY:
-        name = "loyal"
-    elif frequency >= REGULAR_FREQUENCY:
-        name = "regular"
-    else:
-        name = "occasional"
-    return f"{name} high-value" if value >= HIGH_VALUE else name
-
-
-def segment_names(clusters: pd.DataFrame) -> pd.Series:
-    """A unique name per cluster: `segment_name`, numbered where several clusters share one."""
-    names = pd.Series(
-        [
-            segment_name(int(row.customers), row.frequency_ratio, row.value_ratio, row.basket_ratio)
-            for row in clusters.itertuples()
-        ],
-        index=clusters.index,
-    )
-    _, amount, invoices = FEATURES
-    order = clusters.assign(name=names).sort_values(
-        [f"median_{amount}", f"median_{invoices}"], kind="stable", na_position="first"
-    )
-    unique = names.copy()
-    for name, group in order.groupby("name", sort=False):
-        if len(group) > 1:
-            for number, cluster in enumerate(group.index, start=1):
-                unique[cluster] = f"{name} {number}"
-    return unique
-
-
-def segment_records(segments: pd.DataFrame) -> list[dict[str, Any]]:
-    """The segments as plain JSON-ready records: what the registry keeps and `GET /models` shows."""
-    records = []
-    for row in segments.itertuples(index=False):
-        medians = {m: getattr(row, f"median_{m}") for m in FEATURES}
-        records.append(
-            {
-                "id": int(row.cluster),
-                "name": row.name,
-                "customers": int(row.customers),
-                "share": _rounded(row.share, 4),
-                "revenue_share": _rounded(row.revenue_share, 4),
-                "median": {m: _rounded(v, 2) for m, v in medians.items()},
-            }
-        )
-    return records
-
-
-def segments_json(segments: pd.DataFrame) -> str:
-    """`segment_records` as compact JSON (the registered version's `segments` tag)."""
-    return json.dumps(segment_records(segments), separators=(",", ":"), allow_nan=False)
-
-
-def segment_names_line(segments: pd.DataFrame) -> str:
-    """The names by cluster id, for a tag a person reads: "0 occasional; 1 wholesale; ..." """
-    return "; ".join(f"{row.cluster} {row.name}" for row in segments.itertuples(index=False))
-
-
-def describe_segments(segments: pd.DataFrame) -> str:
-    """For a version's description: "0 occasional (63% of customers, 21% of revenue); ..." """
-    return "; ".join(
-        f"{row.cluster} {row.name} ({row.share:.0%} of customers, "
-        f"{row.revenue_share:.0%} of revenue)"
-        for row in segments.itertuples(index=False)
-    )
-
-
-def _rounded(value: float, digits: int) -> float | None:
-    """Rounded, to keep the records short; NaN (an empty segment's median) becomes null."""
-    return None if value is None or pd.isna(value) else round(float(value), digits)
 
 
 def write_centers(profile: ModelProfile, path: Path) -> None:

@@ -10,20 +10,15 @@ whole Spark pipeline model with its signature. The registered version carries it
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import pyarrow as pa
 from mlflow import MlflowClient
-from mlflow.data.dataset_source import DatasetSource
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
@@ -31,21 +26,20 @@ from mlflow.utils.time import get_current_time_millis
 
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.contract import CONTRACT
-from pipelines.ingest.window_files import ARROW_SCHEMA, Manifest, combine_digests
+from pipelines.ingest.window_files import Manifest, combine_digests
 from pipelines.training import registry
+from pipelines.training.datasets import WindowDataset
 from pipelines.training.features import CLEANING_RULES
 from pipelines.training.fitting import Spec, WindowFit
 from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.report import (
     ModelProfile,
     comparison_table,
-    describe_segments,
     plot_comparison,
     plot_profile,
-    segment_names_line,
-    segments_json,
     write_centers,
 )
+from pipelines.training.segments import describe_segments, segment_names_line, segments_json
 from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
 
 log = logging.getLogger(__name__)
@@ -66,15 +60,6 @@ PIP_PACKAGES = ("mlflow", "pyspark", "pandas", "numpy", "pyarrow")
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(f.spark_type, f.name) for f in CONTRACT]),
     outputs=Schema([ColSpec("integer", PREDICTION_COL)]),
-)
-
-# A window's rows as MLflow column types: the schema of each window dataset a run logs.
-_MLFLOW_TYPE = {pa.string(): "string", pa.int64(): "long", pa.float64(): "double"}
-WINDOW_SCHEMA = Schema(
-    [
-        ColSpec("datetime" if pa.types.is_timestamp(f.type) else _MLFLOW_TYPE[f.type], f.name)
-        for f in ARROW_SCHEMA
-    ]
 )
 
 
@@ -284,69 +269,6 @@ def experiment_page(ui_url: str, experiment_id: str) -> str:
     so this link opens on the runs table in any browser.
     """
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-class KafkaWindowSource(DatasetSource):
-    """Where a window's rows came from: a Kafka topic and an offset range per partition."""
-
-    def __init__(self, topic: str, offsets: dict[int, list[int]]) -> None:
-        self.topic = topic
-        self.offsets = {int(p): [int(start), int(end)] for p, (start, end) in offsets.items()}
-
-    @staticmethod
-    def _get_source_type() -> str:
-        return "kafka"
-
-    def load(self) -> Any:
-        raise NotImplementedError("a window is read from its Parquet file, not replayed from Kafka")
-
-    @staticmethod
-    def _can_resolve(raw_source: Any) -> bool:
-        return False
-
-    @classmethod
-    def _resolve(cls, raw_source: Any) -> KafkaWindowSource:
-        raise NotImplementedError("build a KafkaWindowSource from a window's manifest")
-
-    def to_dict(self) -> dict[str, Any]:
-        ranges = ",".join(f"{p}:{s}-{e}" for p, (s, e) in sorted(self.offsets.items()))
-        return {
-            "uri": f"kafka://{self.topic}?offsets={ranges}",  # partition:start-end, end exclusive
-            "topic": self.topic,
-            "offsets": {str(p): r for p, r in sorted(self.offsets.items())},
-        }
-
-    @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> KafkaWindowSource:
-        return cls(source_dict["topic"], source_dict["offsets"])
-
-
-class WindowDataset(MetaDataset):
-    """A window as an MLflow dataset input: name `window-<i>`, the window's digest, its Kafka
-    source, row count and invoice dates; metadata only (the rows stay in the window file)."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        super().__init__(
-            KafkaWindowSource(manifest.topic, manifest.offsets),
-            name=f"window-{manifest.window}",
-            digest=manifest.digest,
-            schema=WINDOW_SCHEMA,
-        )
-
-    @property
-    def profile(self) -> dict[str, Any]:
-        """Shown in the UI's dataset drawer, which does not show a source of its own kind."""
-        m = self.manifest
-        return {
-            "num_rows": m.rows,
-            "first_invoice_date": m.first_invoice_date,
-            "last_invoice_date": m.last_invoice_date,
-            "source": self.source.to_dict()["uri"],
-        }
-
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
 
 @functools.cache  # the same for every window of a training

@@ -11,10 +11,10 @@ from mlflow import MlflowClient
 
 from pipelines.config import Settings, sqlite_tracking_uri
 from pipelines.ingest.window_files import Manifest
+from pipelines.training.datasets import WindowDataset
 from pipelines.training.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_DEVELOPMENT,
-    WindowDataset,
     experiment_id,
     experiment_page,
 )

@@ -26,7 +26,7 @@ from pipelines.train import train_windows
 from pipelines.training.features import clean, customer_features
 from pipelines.training.recipe import PREDICTION_COL, build_pipeline
 from pipelines.training.registry import SEGMENTS_TAG
-from pipelines.training.report import (
+from pipelines.training.segments import (
     SEGMENT_COLUMNS,
     segment_name,
     segment_names,
