@@ -493,10 +493,15 @@ def test_training_against_a_tracking_server_over_http(
     finally:
         mlflow.set_tracking_uri(previous_uri)
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # seen: its parent outliving SIGTERM by over 30 s
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
-def _wait_for_health(uri: str, timeout: float = 60.0) -> None:
+# `mlflow server` took 74 s to answer on two cores shared with a dozen busy processes.
+def _wait_for_health(uri: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with (
