@@ -244,8 +244,11 @@ def measure(server: Server, duration: float, batch: Rows) -> Result:
             if connections == 1:
                 result.p50_ms, result.p99_ms = stats["p50"], stats["p99"]
             print(f"{connections:>2} clients: {stats} server_cpu={server_cpu:.2f}s", flush=True)
-        result.batch_ms = batch_latency_ms(target, server.batch_body(batch), server.batch_reps)
-        print(f"10,000-row batch: {result.batch_ms:.1f} ms", flush=True)
+        try:
+            result.batch_ms = batch_latency_ms(target, server.batch_body(batch), server.batch_reps)
+            print(f"10,000-row batch: {result.batch_ms:.1f} ms", flush=True)
+        except requests.RequestException as exc:  # e.g. no answer in 120 s on a busy machine
+            print(f"10,000-row batch: failed ({type(exc).__name__})", flush=True)
         result.half_open_s = half_open(url, server.predict_path, server.single_body)
         answered = (
             f"answered in {result.half_open_s * 1000:.0f} ms"
