@@ -11,6 +11,9 @@ they never share the 2 cores:
 - `mlflow models serve -m models:/<name>@<alias> --env-manager local` (uvicorn, Spark pyfunc);
 - the seed's approach: Flask with a Spark `transform` per request (bench/seed_server.py).
 
+One script of ~500 lines: it starts, measures and stops four servers with the same client and
+prints one table; a reader follows one run of it top to bottom.
+
 For each: cold start (process start to first 200 from its readiness URL), single-row latency
 p50/p99 and requests/s at 1, 8, 32 and 256 concurrent keep-alive connections (`wrk`, one thread,
 over 127.0.0.1), the latency of one 10,000-row batch (Python `requests`, keep-alive, median of

@@ -36,7 +36,10 @@ tests/data/test_generate.py against the real file's published figures and that r
 Customers' sizes are their segment distribution's quantiles, dealt out at random (`_quantiles`),
 so every seed gives the tail its design shape rather than one lucky maximum.
 Everything is vectorised with numpy and drawn from one seeded generator, so the same (rows, seed)
-gives the same bytes.
+gives the same bytes. One module of ~650 lines on purpose: its parts (customers, purchases,
+oddities, cancellations, rendering) share the one random stream in a fixed order, and reading them
+top to bottom is reading how the dataset is made; split, the order that makes it deterministic
+would be spread over files.
 
     python -m pipelines.generate [--rows N] [--seed S] [--output PATH]
 """
