@@ -30,9 +30,9 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.evaluate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--input", type=Path, required=True, help="a .csv or .xlsx file")
+    parser.add_argument("--input", type=Path, default=settings.dataset, help="a .csv or .xlsx file")
     parser.add_argument(
-        "--output", type=Path, default=None, help="also write the results here as JSON"
+        "--output", default="", help="also write the results here as JSON ('' = print only)"
     )
     parser.add_argument("--k", type=int, default=0, help="fixed k; 0 = choose by silhouette")
     parser.add_argument("--k-min", type=int, default=DEFAULT_K_RANGE[0])
@@ -70,9 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spark.stop()
     print(report(result))
-    # MLproject passes "" for "no output file".
-    if args.output is not None and str(args.output) not in ("", "."):
-        write_json(result, args.output)
+    if args.output:
+        write_json(result, Path(args.output))
         print(f"\nwritten: {args.output}")
     return 0
 

@@ -13,10 +13,15 @@ import argparse
 from serving.settings import ServingSettings
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The CLI: one flag per ServingSettings field (tests/project/test_readme.py parses it)."""
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     ServingSettings.add_arguments(parser)
-    ServingSettings.export_arguments(parser.parse_args(argv))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    ServingSettings.export_arguments(parser().parse_args(argv))
 
     from serving.server import run
 

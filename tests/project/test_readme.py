@@ -48,7 +48,9 @@ def test_every_module_the_readme_names_exists() -> None:
 def test_python_commands_parse(argv: list[str]) -> None:
     assert argv[1] == "-m"
     module = importlib.import_module(argv[2])
-    if hasattr(module, "parser"):
+    if argv[2] == "serving":  # a package: `python -m` runs its __main__, whose flags are its own
+        importlib.import_module("serving.__main__").parser().parse_args(argv[3:])
+    elif hasattr(module, "parser"):
         module.parser(Settings()).parse_args(argv[3:])  # SystemExit on an unknown flag
     else:
         assert argv[2] == "pipelines.load" and len(argv) == 4  # one PATH argument
