@@ -17,13 +17,13 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from pipelines.contract import spoken_list
 
 MODEL_DESCRIPTION = (
-    "Customer segmentation: a Spark ML PipelineModel (VectorAssembler -> StandardScaler -> KMeans) "
-    f"over {spoken_list()} per customer. Aliases `model1`, `model2` "
-    "and `model3` are the versions trained on the first, second and third window of the latest "
-    "training."
+    "Customer segmentation: a Spark ML PipelineModel (signed log1p SQLTransformer -> "
+    f"VectorAssembler -> StandardScaler -> KMeans) over {spoken_list()} per customer. "
+    "Aliases `model1`, `model2` and `model3` are the versions trained on the first, second and "
+    "third window of the latest training."
 )
 
-# The registered version's tag holding its segments as JSON (report.segment_records): a list of
+# The registered version's tag holding its segments as JSON (segments.segment_records): a list of
 # {"id", "name", "customers", "share", "revenue_share", "median": {feature: value}}.
 SEGMENTS_TAG = "segments"
 

@@ -15,6 +15,7 @@ from pipelines.config import PROJECT_ROOT
 from pipelines.data.generator import generate_dataset, write_csv
 from pipelines.evaluate import main
 from pipelines.training.evaluate import evaluate, report
+from pipelines.training.segments import SEGMENT_COLUMNS
 from pipelines.training.selection import FIXED, SILHOUETTE
 
 # <parent>/main and <parent>/shared; a worktree under <parent>/wt/<name> looks one level up.
@@ -92,11 +93,8 @@ def test_generated_file_every_candidate_scored_and_the_choice_explained(
     profile = result.profile
     assert profile["customers"].sum() == data["customers"]
     assert profile["share"].sum() == pytest.approx(1.0)
-    assert list(profile.columns) == [
-        "customers",
-        "share",
-        "median_TotalQuantity",
-        "median_TotalAmount",
-        "median_NumInvoices",
-    ]
+    # The named segments every training run logs, one row per cluster of the chosen k.
+    assert ["cluster", *profile.columns] == list(SEGMENT_COLUMNS)
+    assert len(profile) == data["chosen_k"] and profile["name"].is_unique
+    assert all(name in text for name in profile["name"])
     json.dumps(data)  # plain JSON types throughout

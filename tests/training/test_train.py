@@ -260,8 +260,9 @@ def test_clusters_recover_the_generated_segments(training: Training, spark: Spar
     """On the whole year (window 3, cumulative) the chosen model finds the generator's segments.
 
     The generator's segments are yearly behaviours, so the partial windows 1 and 2 are not held
-    to this. Bar: k equals the number of true segments and ARI >= 0.95 (well above the 0.8 of the
-    issue; the generator separates its segments clearly, so less would mean a real regression).
+    to this. Bar: issue 9's, k >= 3 and ARI >= 0.8. The segments overlap and have heavy tails,
+    as real customers do, so silhouette may split the top loyal accounts off (k = 5); the
+    default-size bars are in tests/training/test_recipe.py.
     """
     t = training.trained[-1]
     features = _all_features(training, spark)
@@ -269,8 +270,8 @@ def test_clusters_recover_the_generated_segments(training: Training, spark: Spar
     found = _labels(model.transform(features))
     truth = training.segments.set_index("CustomerID").loc[found.index, "Segment"]
 
-    assert t.k == training.segments["Segment"].nunique()
-    assert adjusted_rand_score(truth, found) >= 0.95
+    assert t.k >= 3
+    assert adjusted_rand_score(truth, found) >= 0.8
 
 
 def test_scaling_beats_the_unscaled_recipe(training: Training, spark: SparkSession) -> None:
