@@ -1,8 +1,8 @@
 """The readable artifacts of a training run: cluster centers and the change since last window.
 
 Centers are reported in original units (quantities, money, invoices) because that is what a person
-reading a segment needs; distances between models are measured in standard deviations of the
-current model's scaler, the space KMeans itself works in.
+reading a segment needs; distances between models are measured where KMeans works: after the
+recipe's transform, in standard deviations of the current model's scaler.
 
 The segments of a model and their names are pipelines/training/segments.py.
 """
@@ -41,20 +41,28 @@ class ModelProfile:
     k: int
     silhouette: float
     centers: pd.DataFrame  # index: cluster; columns: FEATURES (original units) and "size"
-    scale: np.ndarray  # the scaler's std per feature
+    # The centers where the scaler sees them (after the recipe's transform, before scaling), and
+    # the scaler's std there: distances between models are measured in that space.
+    model_centers: np.ndarray
+    std: np.ndarray
 
     @classmethod
     def of(cls, window: int, model: PipelineModel, silhouette: float) -> ModelProfile:
         scaler, kmeans = model.stages[-2:]
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
         scaled = np.array(kmeans.clusterCenters())
-        unscaled = mean + scaled * std
+        model_centers = mean + scaled * std
+        original = model_centers
         if isinstance(model.stages[0], SQLTransformer):  # the recipe's signed log1p
-            unscaled = feature_transform.inverse(unscaled)
-        centers = pd.DataFrame(unscaled, columns=list(FEATURES))
+            original = feature_transform.inverse(model_centers)
+        centers = pd.DataFrame(original, columns=list(FEATURES))
         centers.index.name = "cluster"
         centers["size"] = kmeans.summary.clusterSizes
-        return cls(window, kmeans.getK(), silhouette, centers, std)
+        return cls(window, kmeans.getK(), silhouette, centers, model_centers, std)
+
+    def in_std_units(self, of: ModelProfile) -> np.ndarray:
+        """`of`'s centers in this model's space, divided by its std (a 0 std counts as 1)."""
+        return of.model_centers / np.where(self.std > 0, self.std, 1.0)
 
 
 def write_centers(profile: ModelProfile, path: Path) -> None:
@@ -83,9 +91,7 @@ def match_clusters(current: ModelProfile, previous: ModelProfile) -> list[tuple[
     Cluster ids are arbitrary per fit; only a matching says which cluster "moved" where. With
     different k, the surplus clusters stay unpaired.
     """
-    scale = np.where(current.scale > 0, current.scale, 1.0)
-    a = current.centers[list(FEATURES)].to_numpy() / scale
-    b = previous.centers[list(FEATURES)].to_numpy() / scale
+    a, b = current.in_std_units(current), current.in_std_units(previous)
     cost = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
     rows, cols = linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
@@ -117,15 +123,16 @@ def comparison_table(
     add("k", None, None, previous.k if previous else None, current.k)
     pairs = match_clusters(current, previous) if previous else []
     matched = dict(pairs)
-    scale = np.where(current.scale > 0, current.scale, 1.0)
+    here = current.in_std_units(current)
+    there = current.in_std_units(previous) if previous else None
     for cluster, center in current.centers.iterrows():
         old_id = matched.get(int(cluster))
         old = previous.centers.loc[old_id] if old_id is not None else None
         for column in ("size", *FEATURES):
             add(column, cluster, old_id, None if old is None else old[column], center[column])
         if old is not None:
-            shift = (center[list(FEATURES)] - old[list(FEATURES)]).to_numpy() / scale
-            add("center_shift_std", cluster, old_id, None, None, float(np.linalg.norm(shift)))
+            shift = float(np.linalg.norm(here[int(cluster)] - there[old_id]))
+            add("center_shift_std", cluster, old_id, None, None, shift)
     if previous is not None:
         for old_id, old in previous.centers.drop(index=list(matched.values())).iterrows():
             for column in ("size", *FEATURES):
