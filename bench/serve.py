@@ -23,8 +23,8 @@ on the same 2 cores as the server. Since requests/s depend on whatever else the 
 CPU time the server's processes spend per request (read from /proc) is reported too, with the
 requests/s it implies for 2 otherwise idle cores.
 
-`--synthetic` registers a fresh version in a temporary store first (needs Spark); otherwise the
-store of MLFLOW_TRACKING_URI is used, as `pipelines.train` leaves it.
+`--synthetic` first trains a small generated dataset into a temporary store with the training job
+(needs Spark); otherwise the store of MLFLOW_TRACKING_URI is used, as `pipelines.train` leaves it.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.contract import EXAMPLE_RECORD
 from pipelines.data.schema import FEATURES
+
+SYNTHETIC_ROWS = 20_000  # --synthetic: a few hundred customers, enough for three real versions
 
 SEED_RECORD = EXAMPLE_RECORD  # the seed's request, from the feature contract
 Rows = list[tuple[int, float, int]]
@@ -464,16 +466,19 @@ def goals(results: list[Result]) -> str:
 
 
 def synthetic_store(root: Path) -> str:
-    """A temporary store with one registered version at alias model1 (fitted with Spark)."""
-    import mlflow
+    """A temporary store filled by the training job itself: a small generated dataset cut into
+    windows as the consumer would, trained and registered as versions 1..3 (aliases model1..3)."""
+    from dataclasses import replace
 
-    from bench.synthetic import MODEL_NAME, fit, local_spark, register, tracking_uri
+    from pipelines.config import sqlite_tracking_uri
+    from pipelines.data.generator import generate_dataset
+    from pipelines.ingest.window_files import write_windows
+    from pipelines.train import train_windows
 
-    uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
-    spark = local_spark()
-    register(spark, fit(spark, 4, seed=1), model_name=MODEL_NAME, alias="model1", window=1, k=4)
-    spark.stop()
+    uri = sqlite_tracking_uri(root / "store")
+    write_windows(generate_dataset(SYNTHETIC_ROWS, seed=1)[0], root / "windows")
+    settings = replace(Settings.from_env(), mlflow_tracking_uri=uri, spark_master="local[2]")
+    train_windows(root / "windows", settings=settings)
     return uri
 
 
