@@ -56,7 +56,7 @@ from pipelines.data.schema import FEATURES
 
 SYNTHETIC_ROWS = 20_000  # --synthetic: a few hundred customers, enough for three real versions
 
-SEED_RECORD = EXAMPLE_RECORD  # the seed's request, from the feature contract
+SEED_BODY = json.dumps(EXAMPLE_RECORD).encode()  # the seed's request, from the feature contract
 Rows = list[tuple[int, float, int]]
 CONCURRENCY = (1, 8, 32, 256)
 HALF_OPEN = 1000  # connections held by the half-open test
@@ -312,7 +312,7 @@ def split(rows: Rows) -> bytes:
 def contenders(model_name: str, alias: str, only: set[str], scratch: Path) -> list[Server]:
     python = sys.executable
     venv_path = {"PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"}
-    single_split = split([tuple(SEED_RECORD.values())])
+    single_split = split([tuple(EXAMPLE_RECORD.values())])
     # Logging as deployed: stderr (discarded here) and the rotating file.
     ours = {"SERVING_ALIASES": alias, "SERVING_LOG_FILE": str(scratch / "serving.log")}
     gunicorn_metrics = scratch / "gunicorn-metrics"
@@ -323,7 +323,7 @@ def contenders(model_name: str, alias: str, only: set[str], scratch: Path) -> li
             command=[python, "-m", "serving", "--port", "{port}", "--workers", "2"],
             ready_path="/ready",
             predict_path=f"/predict_cluster_{alias}",
-            single_body=json.dumps(SEED_RECORD).encode(),
+            single_body=SEED_BODY,
             batch_body=records,
             batch_reps=20,
             env=ours,
@@ -337,7 +337,7 @@ def contenders(model_name: str, alias: str, only: set[str], scratch: Path) -> li
             + ["--no-control-socket", "serving.app:create_app()"],
             ready_path="/ready",
             predict_path=f"/predict_cluster_{alias}",
-            single_body=json.dumps(SEED_RECORD).encode(),
+            single_body=SEED_BODY,
             batch_body=records,
             batch_reps=20,
             env=ours
@@ -370,7 +370,7 @@ def contenders(model_name: str, alias: str, only: set[str], scratch: Path) -> li
             command=[python, "-m", "bench.seed_server", "--port", "{port}", "--alias", alias],
             ready_path="/health",
             predict_path="/predict",
-            single_body=json.dumps(SEED_RECORD).encode(),
+            single_body=SEED_BODY,
             batch_body=records,
             batch_reps=3,
         ),

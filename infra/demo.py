@@ -29,6 +29,7 @@ from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
 from infra.processes import tail_file
 from infra.stages import LOG_DIR, Runner, StageFailed, stage
 from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings, env_or
+from pipelines.contract import EXAMPLE_RECORD
 from pipelines.data.load import input_files
 from pipelines.ingest.window_files import read_manifests
 from serving.settings import ServingSettings
@@ -37,7 +38,6 @@ SERVER_PID = PROJECT_ROOT / "logs" / "demo-server.pid"
 SERVER_LOG = LOG_DIR / "server.log"
 # Present while the broker runs because the demo started it: `stop` then stops it too.
 BROKER_MARK = PROJECT_ROOT / "logs" / "demo-started-broker"
-SEED_EXAMPLE = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 
 
 def dataset(runner: Runner, settings: Settings) -> Path:
@@ -135,7 +135,7 @@ def ask(port: int) -> None:
 def _predict(port: int, alias: str) -> tuple[str, str]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/predict_cluster_{alias}",
-        data=json.dumps(SEED_EXAMPLE).encode(),
+        data=json.dumps(EXAMPLE_RECORD).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )

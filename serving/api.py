@@ -13,6 +13,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
+from pipelines.contract import EXAMPLE_RECORD
 from serving import metrics
 from serving.openapi import documented, error
 from serving.registry import ModelRegistry
@@ -27,8 +28,6 @@ from serving.schemas import (
     predict_request,
 )
 from serving.settings import ServingSettings
-
-SEED_EXAMPLE = {"TotalQuantity": 100, "TotalAmount": 2000.0, "NumInvoices": 5}
 
 
 def current_registry() -> ModelRegistry:
@@ -62,7 +61,7 @@ def _matrix(records: list[CustomerRecord], columns: tuple[str, ...]) -> np.ndarr
 
 @documented(
     request=lambda settings: predict_request(settings.max_batch),
-    example=SEED_EXAMPLE,
+    example=EXAMPLE_RECORD,
     responses={
         200: (
             Cluster | Clusters,
