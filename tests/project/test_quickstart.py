@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from infra.demo import SEED_EXAMPLE
 from infra.kafka_broker import cluster_answers, running_broker
 from infra.ports import free_port, free_port_pair
 from pipelines.config import PROJECT_ROOT
+from pipelines.contract import EXAMPLE_RECORD
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -74,7 +74,7 @@ def _answered_versions(output: str) -> dict[str, int]:
 
 def _ask(serving_port: int, alias: str) -> requests.Response:
     return requests.post(
-        f"http://127.0.0.1:{serving_port}/predict_cluster_{alias}", json=SEED_EXAMPLE, timeout=10
+        f"http://127.0.0.1:{serving_port}/predict_cluster_{alias}", json=EXAMPLE_RECORD, timeout=10
     )
 
 
