@@ -67,18 +67,19 @@ def train_windows(
     # than all resuming that one run.
     parent_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient()
     with (
         ThreadPoolExecutor(1, thread_name_prefix="mlflow-logging") as logging_thread,
         tqdm(total=0, desc="fitting", unit="k") as progress,
     ):
-        # Opening (or creating) the store overlaps the JVM's start; a bad URI still fails first.
-        experiment = logging_thread.submit(experiment_id, client, settings)
+        # Opening (or creating: seconds of schema migrations) the store overlaps the JVM's start;
+        # a bad URI still fails first.
+        store = logging_thread.submit(_open_store, settings)
         own_session = spark is None
         spark = spark or spark_session(settings.spark_master)
         try:
+            client, experiment = store.result()
             recorder = Recorder(
-                client, settings, experiment.result(), parent_run_id, windows_dir, manifests, spec
+                client, settings, experiment, parent_run_id, windows_dir, manifests, spec
             )
             pending, previous = [], None
             for window in range(first_window, windows + 1):
@@ -95,6 +96,11 @@ def train_windows(
         summary = ", ".join(f"{r.alias}=v{r.version}" for r in trained)
         client.set_tag(parent_run_id, "registered_versions", summary)
     return trained
+
+
+def _open_store(settings: Settings) -> tuple[MlflowClient, str]:
+    client = MlflowClient()
+    return client, experiment_id(client, settings)
 
 
 def _manifests(windows_dir: Path, windows: int) -> dict[int, Manifest]:
