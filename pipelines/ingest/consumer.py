@@ -3,7 +3,8 @@
 It applies the window rule (pipelines/ingest/window_rule.py). A closed window is written (Parquet,
 then manifest, atomically; pipelines/ingest/window_files.py) and only then are the offsets
 committed. On (re)start the consumer seeks to where the last manifest says the next window begins,
-so a kill at any moment neither loses nor duplicates a row.
+so a kill at any moment neither loses nor duplicates a row. Unusable messages, and invoices that
+arrive after their event-time window closed, go to the dead-letter file instead of a window.
 
 Windows are built by one active member of the consumer group, which needs every partition; a
 second member is a standby that takes over through the group's rebalance.

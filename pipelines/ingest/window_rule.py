@@ -87,6 +87,8 @@ class WindowRule:
             raise ValueError("window seconds > 0 goes with by='seconds', and only with it")
         if self.rows and self.by != "rows":
             raise ValueError(f"window rows are for by='rows', not by={self.by!r}")
+        if self.lateness and self.by != "event-time":
+            raise ValueError(f"a lateness is for by='event-time', not by={self.by!r}")
 
     @property
     def lateness_ms(self) -> int:
@@ -234,7 +236,9 @@ class WindowBuilder:
         self._frontier[partition] = max(key, self._frontier.get(partition, key))
         return rows
 
-    def _add_by_event_time(self, partition: int, offset: int, message) -> int:
+    def _add_by_event_time(
+        self, partition: int, offset: int, message: Invoice | EndOfReplay
+    ) -> int:
         if isinstance(message, EndOfReplay):
             self._advance(partition, offset, (message.t0, message.replay, END))
             return 0
