@@ -13,6 +13,7 @@ import pytest
 from kafka import KafkaProducer
 
 from pipelines.config import Settings
+from pipelines.consume import main as consume_cli
 from pipelines.ingest.consumer import DEAD_LETTERS, consume
 from pipelines.ingest.messages import encode_end, encode_invoice
 from pipelines.ingest.producer import ensure_topic
@@ -75,23 +76,26 @@ def _windows(windows_dir: Path) -> list[tuple[str | None, str]]:
 
 
 def test_out_of_order_invoices_land_in_their_day_and_the_late_one_is_a_dead_letter(
-    kafka_bootstrap, unique_topic, tmp_path
+    kafka_bootstrap, unique_topic, tmp_path, capsys
 ):
+    """Through the command a user types."""
     topic = unique_topic("event-time")
     _send(kafka_bootstrap, topic)
-    settings = _settings(kafka_bootstrap, topic, "through")
+    argv = ["--window-by", "event-time", "--window-period", "day", "--allowed-lateness", "12h"]
+    argv += ["--topic", topic, "--group", f"{topic}-through", "--output-dir", str(tmp_path)]
 
-    summary = consume(settings, tmp_path / "through", max_windows=3, rule=RULE, progress=False)
+    consume_cli([*argv, "--bootstrap-servers", kafka_bootstrap, "--no-progress"])
 
-    assert _windows(tmp_path / "through") == DAYS
-    assert [m.window for m in summary.windows] == [1, 2, 3]
-    assert [m.window_end for m in summary.windows] == [
+    assert "wrote window-1, window-2, window-3 (9 rows); 1 dead letters (3 late rows)" in (
+        capsys.readouterr().out
+    )
+    assert _windows(tmp_path) == DAYS
+    assert [m.window_end for m in read_manifests(tmp_path)] == [
         "2010-12-02 00:00:00",
         "2010-12-03 00:00:00",
         "2010-12-04 00:00:00",
     ]
-    assert (summary.dead_letters, summary.late_rows) == (1, 3)
-    (letter,) = map(json.loads, (tmp_path / "through" / DEAD_LETTERS).read_text().splitlines())
+    (letter,) = map(json.loads, (tmp_path / DEAD_LETTERS).read_text().splitlines())
     assert (letter["partition"], letter["offset"]) == (0, 4)
     assert "day window [2010-12-02 00:00:00, 2010-12-03 00:00:00)" in letter["reason"]
     assert "watermark was 2010-12-03 03:00:00" in letter["reason"]
