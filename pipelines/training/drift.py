@@ -202,6 +202,8 @@ def plot_history(history: Sequence[HistoryPoint], path: Path) -> None:
     axes[2].set_title("ARI, previous vs new model")
     axes[3].plot(windows, [point.silhouette for point in history], "o-", color="C1")
     axes[3].set_title("silhouette")
+    for axis in axes[:2]:  # PSI and distances are never negative: their size reads from 0
+        axis.set_ylim(bottom=0)
     for axis in axes:
         axis.set_xticks(windows)
         axis.set_xlabel("window")
