@@ -1,0 +1,106 @@
+"""Continuous training: consume the topic and train, track and register each window as it closes.
+
+    python -m pipelines.stream [--topic T] [--bootstrap-servers HOST:PORT] [--windows-dir DIR]
+                               [--window-rows N | --window-seconds T] [--max-windows N]
+                               [--min-silhouette S] [--max-center-shift STD]
+                               [--mode cumulative|tumbling|sliding] [--span 3] [recipe flags]
+
+One process until stopped (Ctrl-C or SIGTERM: it ends within seconds, saying where; a restart
+resumes there). Each window becomes exactly one registered version, tagged with its window and
+digest and with the quality gate's verdict; aliases model1..model3 follow the three newest
+accepted versions. The service is pipelines/service/, the recipe flags those of pipelines.train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pipelines import cli
+from pipelines.config import Settings
+from pipelines.service.faults import check_fail_at
+from pipelines.service.gate import DEFAULT_MAX_CENTER_SHIFT, DEFAULT_MIN_SILHOUETTE, Gate
+from pipelines.service.loop import Service, Windowing
+from pipelines.training.fitting import Spec
+from pipelines.training.options import add_recipe_arguments, recipe_choices
+from pipelines.training.session import not_from_py4j, spark_session
+
+log = logging.getLogger("pipelines.stream")
+
+
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    """The CLI; tests/project/test_project_files.py checks it against MLproject's stream command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.stream", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--topic", default=settings.kafka_topic)
+    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
+    parser.add_argument("--windows-dir", type=Path, default=settings.windows_dir)
+    parser.add_argument("--window-rows", type=int, default=0, help="0 = a third of the replay")
+    parser.add_argument("--window-seconds", type=float, default=0.0, help="cut by time instead")
+    parser.add_argument(
+        "--max-windows", type=int, default=0, help="stop once window N is handled; 0 = run on"
+    )
+    parser.add_argument(
+        "--min-silhouette",
+        type=float,
+        default=DEFAULT_MIN_SILHOUETTE,
+        help="the gate: a version below this silhouette does not get an alias",
+    )
+    parser.add_argument(
+        "--max-center-shift",
+        type=float,
+        default=DEFAULT_MAX_CENTER_SHIFT,
+        help="the gate: largest centre shift from model3, in standard deviations",
+    )
+    add_recipe_arguments(parser)
+    return parser
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the service as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
+    cli_parser = parser(settings)
+    args = cli_parser.parse_args(argv)
+    if min(args.max_windows, args.window_rows, args.window_seconds) < 0:
+        cli_parser.error("--max-windows, --window-rows and --window-seconds must be >= 0")
+    if args.window_rows and args.window_seconds:
+        cli_parser.error("choose one of --window-rows and --window-seconds")
+    try:
+        check_fail_at()
+        spec = Spec(**recipe_choices(args))
+        gate = Gate.of(spec, args.min_silhouette, args.max_center_shift)
+    except ValueError as error:
+        cli_parser.error(str(error))
+    settings = replace(
+        settings, kafka_topic=args.topic, kafka_bootstrap_servers=args.bootstrap_servers
+    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger().addFilter(not_from_py4j)
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    spark = spark_session(settings.spark_master)
+    service = None
+    try:
+        service = Service(settings, args.windows_dir, spec, gate, spark)
+        service.run(Windowing(args.window_rows, args.window_seconds), args.max_windows)
+    except KeyboardInterrupt:
+        where = service.where() if service else "before the first window"
+        print(f"stream: stopped; {where}", file=sys.stderr, flush=True)
+    else:
+        print(f"stream: done; {service.where()}", flush=True)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
