@@ -29,8 +29,6 @@ from pipelines.training.fitting import Spec
 from pipelines.training.options import add_recipe_arguments, recipe_choices
 from pipelines.training.session import not_from_py4j, spark_session
 
-log = logging.getLogger("pipelines.stream")
-
 
 def parser(settings: Settings) -> argparse.ArgumentParser:
     """The CLI; tests/project/test_project_files.py checks it against MLproject's stream command."""
