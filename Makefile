@@ -7,8 +7,8 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
 
-.PHONY: demo stop clean install kafka-up kafka-down generate produce consume train evaluate \
-        pipeline serve ui test lint bench-stream bench-train bench-serve
+.PHONY: demo stop clean install kafka-up kafka-down generate produce consume train stream \
+        evaluate pipeline serve ui test lint bench-stream bench-train bench-serve
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
@@ -52,6 +52,11 @@ consume: install
 
 train: install
 	$(PY) -m pipelines.train
+
+# Continuous training: consume, and train, register and gate each window as it closes, until
+# Ctrl-C. Flags in STREAM_ARGS (e.g. STREAM_ARGS="--mode sliding --window-rows 50000").
+stream: install
+	$(PY) -m pipelines.stream $(STREAM_ARGS)
 
 # The recipe on one file, without Kafka or MLflow: per k silhouette and cluster shares, the chosen
 # k and its clusters. DATA=path (CSV or XLSX; default the generated dataset), EVALUATE_ARGS=flags.

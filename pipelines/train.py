@@ -1,7 +1,7 @@
 """Train one segmentation model per stream window; track every run and register every model.
 
-    python -m pipelines.train [--windows-dir DIR] [--windows 3] [--mode cumulative|tumbling]
-                              [--k K] [--k-min 3] [--k-max 8] [--min-cluster-share 0.02]
+    python -m pipelines.train [--windows-dir DIR] [--windows 3] [--mode cumulative|tumbling|sliding]
+                              [--span 3] [--k K] [--k-min 3] [--k-max 8] [--min-cluster-share 0.02]
                               [--transform signed-log1p|none] [--seed 42] [--max-iter 50]
 
 The loop: one SparkSession serves every window (pipelines/training/session.py); each window is
@@ -30,13 +30,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from pipelines import cli
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.window_files import Manifest, read_manifests
-from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
-from pipelines.training.fitting import MODES, PreviousWindow, Spec, fit_window
-from pipelines.training.selection import (
-    DEFAULT_K_RANGE,
-    DEFAULT_MIN_CLUSTER_SHARE,
-    DISTANCE_MEASURES,
-)
+from pipelines.training.fitting import PreviousWindow, Spec, fit_window
+from pipelines.training.options import add_recipe_arguments, recipe_choices
 from pipelines.training.session import not_from_py4j, spark_session
 from pipelines.training.tracking import Recorder, TrainedWindow, experiment_id
 
@@ -126,25 +121,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
         "--windows", type=int, default=DEFAULT_WINDOWS, help="train windows up to N"
     )
     parser.add_argument("--first-window", type=int, default=1, help="train windows from this one")
-    parser.add_argument("--mode", choices=MODES, default="cumulative")
-    parser.add_argument("--k", type=int, default=0, help="fixed k; 0 = choose by silhouette")
-    parser.add_argument("--k-min", type=int, default=DEFAULT_K_RANGE[0])
-    parser.add_argument("--k-max", type=int, default=DEFAULT_K_RANGE[1])
-    parser.add_argument(
-        "--min-cluster-share",
-        type=float,
-        default=DEFAULT_MIN_CLUSTER_SHARE,
-        help="a k with a cluster below this share of the customers is not chosen",
-    )
-    parser.add_argument(
-        "--transform",
-        choices=TRANSFORMS,
-        default=DEFAULT_TRANSFORM,
-        help="of the three totals before scaling: sign(x) * log1p(|x|), or none",
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-iter", type=int, default=50)
-    parser.add_argument("--distance-measure", choices=DISTANCE_MEASURES, default="euclidean")
+    add_recipe_arguments(parser)
     return parser
 
 
@@ -159,15 +136,8 @@ def main(argv: list[str] | None = None) -> None:
             args.windows_dir,
             windows=args.windows,
             settings=settings,
-            mode=args.mode,
-            k=args.k or None,
-            k_range=(args.k_min, args.k_max),
-            seed=args.seed,
-            max_iter=args.max_iter,
-            distance_measure=args.distance_measure,
             first_window=args.first_window,
-            transform=args.transform,
-            min_cluster_share=args.min_cluster_share,
+            **recipe_choices(args),
         )
     print(f"{'window':>6}  {'alias':<7} {'version':>7}  {'k':>2}  {'silhouette':>10}  run")
     for t in trained:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,9 +117,11 @@ def consume(
     rule: WindowRule = DEFAULT_RULE,
     progress: bool = True,
     until_window: int = 0,
+    stop: threading.Event | None = None,
 ) -> ConsumeSummary:
-    """Write windows cut by `rule` until `max_windows` more are written or window `until_window`
-    exists (0 and 0 = run until interrupted)."""
+    """Write windows cut by `rule` until `max_windows` more are written, window `until_window`
+    exists or `stop` is set (0, 0 and None = run until interrupted). `stop` is how a service that
+    runs the consumer in a thread ends it (pipelines/service/loop.py)."""
     topic = settings.kafka_topic
     manifests = read_manifests(output_dir)
     if manifests and manifests[-1].topic != topic:
@@ -165,8 +168,10 @@ def consume(
     next_window = last.window + 1 if last else 1
 
     def done() -> bool:
-        return bool(max_windows and len(written) >= max_windows) or bool(
-            until_window and next_window > until_window
+        return (
+            bool(max_windows and len(written) >= max_windows)
+            or bool(until_window and next_window > until_window)
+            or bool(stop and stop.is_set())
         )
 
     bar = tqdm(unit="rows", disable=not progress, desc="consume")

@@ -1,8 +1,9 @@
 """One window's fit: read its training set, clean it, build features, fit the candidates, choose.
 
-Model i is fitted on windows 1..i (cumulative) or window i alone (tumbling), read from the Parquet
-files the consumer wrote. Given the window before (`PreviousWindow`), its model scores the new
-customers too and the fit carries the drift against it (pipelines/training/drift.py).
+Model i is fitted on windows 1..i (cumulative), window i alone (tumbling) or the last `span`
+windows up to i (sliding), read from the Parquet files the consumer wrote. Given the window before
+(`PreviousWindow`), its model scores the new customers too and the fit carries the drift against
+it (pipelines/training/drift.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
+from pipelines.config import DEFAULT_WINDOWS
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
@@ -47,11 +49,18 @@ from pipelines.training.selection import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("cumulative", "tumbling")
+MODES = ("cumulative", "tumbling", "sliding")
+# Windows a sliding model is trained on: as many as a batch training has models.
+DEFAULT_SPAN = DEFAULT_WINDOWS
 
 
-def training_windows(window: int, mode: str) -> list[int]:
-    return list(range(1, window + 1)) if mode == "cumulative" else [window]
+def training_windows(window: int, mode: str, span: int = DEFAULT_SPAN) -> list[int]:
+    """The windows model `window` is trained on, in the given mode."""
+    if mode == "cumulative":
+        return list(range(1, window + 1))
+    if mode == "sliding":
+        return list(range(max(1, window - span + 1), window + 1))
+    return [window]
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class Spec:
     """The choices one training applies to every window."""
 
     mode: str = "cumulative"
+    span: int = DEFAULT_SPAN  # windows per model in the sliding mode
     k: int | None = None
     k_range: tuple[int, int] = DEFAULT_K_RANGE
     seed: int = 42
@@ -74,6 +84,8 @@ class Spec:
         """Refuse a bad choice before any Spark job, naming it."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.span < 1:
+            raise ValueError(f"span must be >= 1 window, got {self.span}")
         if self.distance_measure not in DISTANCE_MEASURES:
             raise ValueError(f"distance_measure must be one of {DISTANCE_MEASURES}")
         if self.transform not in TRANSFORMS:
@@ -229,7 +241,7 @@ def fit_window(
 ) -> WindowFit:
     """Read the window's training set, clean it, build features, fit and choose the model;
     measure its drift against `previous` (the window before, if there is one)."""
-    ids = training_windows(window, spec.mode)
+    ids = training_windows(window, spec.mode, spec.span)
     cleaned = clean(spark.read.parquet(*[str(window_path(windows_dir, i)) for i in ids]))
     log.info(
         "window %d: windows %s, %d rows read, dropped %s",

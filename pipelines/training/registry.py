@@ -20,7 +20,8 @@ MODEL_DESCRIPTION = (
     "Customer segmentation: a Spark ML PipelineModel (signed log1p SQLTransformer -> "
     f"VectorAssembler -> StandardScaler -> KMeans) over {spoken_list()} per customer. "
     "Aliases `model1`, `model2` and `model3` are the versions trained on the first, second and "
-    "third window of the latest training."
+    "third window of the latest training; under continuous training (`pipelines.stream`), the "
+    "three newest versions that passed its quality gate, `model3` the newest."
 )
 
 # The registered version's tag holding its segments as JSON (segments.segment_records): a list of

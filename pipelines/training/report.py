@@ -47,7 +47,14 @@ class ModelProfile:
     std: np.ndarray
 
     @classmethod
-    def of(cls, window: int, model: PipelineModel, silhouette: float) -> ModelProfile:
+    def of(
+        cls,
+        window: int,
+        model: PipelineModel,
+        silhouette: float,
+        sizes: list[int] | None = None,
+    ) -> ModelProfile:
+        """The profile of a fitted model; a loaded one has no training summary: pass its `sizes`."""
         scaler, kmeans = model.stages[-2:]
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
         scaled = np.array(kmeans.clusterCenters())
@@ -57,7 +64,7 @@ class ModelProfile:
             original = feature_transform.inverse(model_centers)
         centers = pd.DataFrame(original, columns=list(FEATURES))
         centers.index.name = "cluster"
-        centers["size"] = kmeans.summary.clusterSizes
+        centers["size"] = kmeans.summary.clusterSizes if sizes is None else sizes
         return cls(window, kmeans.getK(), silhouette, centers, model_centers, std)
 
     def in_std_units(self, of: ModelProfile) -> np.ndarray:

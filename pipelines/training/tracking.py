@@ -12,16 +12,18 @@ segment map and a chart of the drift so far. The registered version carries its 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.time import get_current_time_millis
@@ -52,6 +54,8 @@ SEGMENT_NAMES_TAG = "segment_names"  # on the run and the version: "0 occasional
 DRIFT_AGAINST_TAG = "drift_against"  # "window-2", or "none: ..." on a training's first window
 SEGMENT_MAP = "segment_map.json"  # drift.Drift.segment_map_json
 DRIFT_CHART = "drift.png"  # drift.plot_history
+CLUSTER_SIZE_METRIC = "cluster_size_"  # + cluster id: customers in that cluster
+REGISTRATION_ARTIFACT = "registration.json"  # the run's Registration (description, tags)
 
 # MLflow's experiment-kind tag and its value for classic model training (MLflow 3.17 spells them
 # so in its UI and in mlflow/demo; the other kind is "genai_development").
@@ -81,6 +85,24 @@ class TrainedWindow:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """What a run's model is registered with. The run keeps it as REGISTRATION_ARTIFACT, so a
+    version can be registered from a finished run alone (the stream service, after a crash)."""
+
+    window: int
+    description: str
+    tags: dict[str, str]
+    k: int
+    silhouette: float
+
+    @classmethod
+    def of_run(cls, client: MlflowClient, run_id: str) -> Registration:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, REGISTRATION_ARTIFACT, tmp)
+            return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
 class Recorder:
     """Logs a fitted window as an MLflow run and registers its model."""
 
@@ -95,6 +117,22 @@ class Recorder:
     def record(self, fit: WindowFit, previous: PreviousWindow | None) -> TrainedWindow:
         """Log `fit` as run window-<i> and register its model; `previous` is what `fit_window`
         was given (None for a training's first window)."""
+        run_id, registration = self.log_run(fit, previous)
+        version = self.register(run_id, registration)
+        return TrainedWindow(
+            window=fit.window,
+            run_id=run_id,
+            version=int(version.version),
+            alias=self.spec.alias(fit.window),
+            k=registration.k,
+            silhouette=registration.silhouette,
+        )
+
+    def log_run(
+        self, fit: WindowFit, previous: PreviousWindow | None, tags: dict[str, str] | None = None
+    ) -> tuple[str, Registration]:
+        """Log the run `window-<i>`; `tags` go on the run and on the version registered from it."""
+        tags = tags or {}
         with mlflow.start_run(
             experiment_id=self.experiment_id,
             run_name=f"window-{fit.window}",
@@ -109,6 +147,7 @@ class Recorder:
                     *(RunTag(key, value) for key, value in self._tags(fit.window).items()),
                     RunTag(SEGMENT_NAMES_TAG, segment_names_line(fit.segments)),
                     RunTag(DRIFT_AGAINST_TAG, _against(fit.window, previous)),
+                    *(RunTag(key, value) for key, value in tags.items()),
                 ],
             )
             mlflow.log_inputs(  # one batch: the windows this model was trained on
@@ -127,42 +166,46 @@ class Recorder:
                 input_example=fit.example,
                 pip_requirements=[f"{p}=={installed_version(p)}" for p in PIP_PACKAGES],
             )
+            registration = self._registration(fit, run_id, tags)
+            mlflow.log_dict(asdict(registration), REGISTRATION_ARTIFACT)
+        return run_id, registration
+
+    def register(self, run_id: str, registration: Registration) -> ModelVersion:
+        """A new version of the registered model, from the model the run logged."""
+        version = registry.register_version(
+            self.client,
+            self.settings.model_name,
+            run_id,
+            MODEL_ARTIFACT_PATH,
+            registration.description,
+            tags=registration.tags,
+        )
+        log.info(
+            "window %d: k=%d silhouette=%.4f -> %s version %s",
+            registration.window,
+            registration.k,
+            registration.silhouette,
+            self.settings.model_name,
+            version.version,
+        )
+        return version
+
+    def _registration(self, fit: WindowFit, run_id: str, tags: dict[str, str]) -> Registration:
         chosen = fit.chosen
         description = (
             f"Window {fit.window} ({self.spec.mode}, trained on windows {_ids(fit.ids)}): "
             f"k={chosen.k}, silhouette={chosen.silhouette:.4f}, {fit.cleaned.rows_kept} rows, "
             f"{fit.customers} customers. Run {run_id}. Segments: {describe_segments(fit.segments)}."
         )
-        version = registry.register_version(
-            self.client,
-            self.settings.model_name,
-            run_id,
-            MODEL_ARTIFACT_PATH,
-            description,
-            tags={
-                "window": fit.window,
-                "mode": self.spec.mode,
-                "k": chosen.k,
-                SEGMENT_NAMES_TAG: segment_names_line(fit.segments),
-                registry.SEGMENTS_TAG: segments_json(fit.segments),
-            },
-        )
-        log.info(
-            "window %d: k=%d silhouette=%.4f -> %s version %s",
-            fit.window,
-            chosen.k,
-            chosen.silhouette,
-            self.settings.model_name,
-            version.version,
-        )
-        return TrainedWindow(
-            window=fit.window,
-            run_id=run_id,
-            version=int(version.version),
-            alias=self.spec.alias(fit.window),
-            k=chosen.k,
-            silhouette=chosen.silhouette,
-        )
+        version_tags = {
+            "window": str(fit.window),
+            "mode": self.spec.mode,
+            "k": str(chosen.k),
+            SEGMENT_NAMES_TAG: segment_names_line(fit.segments),
+            registry.SEGMENTS_TAG: segments_json(fit.segments),
+            **tags,
+        }
+        return Registration(fit.window, description, version_tags, chosen.k, chosen.silhouette)
 
     def _params(self, fit: WindowFit) -> dict[str, object]:
         spec, cleaned = self.spec, fit.cleaned
@@ -245,7 +288,7 @@ def _metrics(fit: WindowFit) -> list[Metric]:
     # Beside silhouette_by_k: a k whose smallest cluster is below min_cluster_share cannot win.
     metrics += [Metric("min_cluster_share_by_k", c.min_share, now, c.k) for c in candidates]
     metrics += [
-        Metric(f"cluster_size_{cluster}", size, now, 0)
+        Metric(f"{CLUSTER_SIZE_METRIC}{cluster}", size, now, 0)
         for cluster, size in enumerate(kmeans.summary.clusterSizes)
     ]
     if fit.drift is not None:

@@ -16,7 +16,7 @@ from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.evaluate import parser as evaluate_parser
 from pipelines.train import parser as train_parser
 
-ENTRY_POINTS = {"generate", "produce", "consume", "train", "evaluate", "main"}
+ENTRY_POINTS = {"generate", "produce", "consume", "train", "stream", "evaluate", "main"}
 MLFLOW_TYPES = {"string", "float", "int", "path", "uri"}
 
 
@@ -89,6 +89,7 @@ def test_train_parameters_and_their_types() -> None:
         "windows": "int",
         "first-window": "int",
         "mode": "string",
+        "span": "int",
         "k": "int",
         "k-min": "int",
         "k-max": "int",

@@ -64,6 +64,8 @@ NAME = "customer-segmentation"
 def test_training_windows_by_mode() -> None:
     assert training_windows(3, "cumulative") == [1, 2, 3]
     assert training_windows(3, "tumbling") == [3]
+    assert training_windows(3, "sliding", span=2) == [2, 3]
+    assert training_windows(1, "sliding", span=2) == [1]
 
 
 def test_candidate_ks_fit_what_silhouette_can_score() -> None:
