@@ -1,6 +1,8 @@
 """Cut the transaction stream into window files, exactly once.
 
     python -m pipelines.consume [--windows 3] [--window-rows N | --window-seconds T]
+    python -m pipelines.consume --window-by event-time --window-period day|week|month \
+        [--allowed-lateness 6h]
 
 The window rule is pipelines/ingest/window_rule.py, the consumer pipelines/ingest/consumer.py.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 from pipelines import cli
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.consumer import consume
+from pipelines.ingest.window_rule import add_window_arguments, window_rule
 
 
 def parser(settings: Settings) -> argparse.ArgumentParser:
@@ -30,8 +33,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument(
         "--until-window", type=int, default=0, help="stop once window-K exists (for restarts)"
     )
-    parser.add_argument("--window-rows", type=int, default=0, help="0 = a third of the replay")
-    parser.add_argument("--window-seconds", type=float, default=0.0, help="cut by time instead")
+    add_window_arguments(parser)
     parser.add_argument("--output-dir", type=Path, default=settings.windows_dir)
     parser.add_argument("--topic", default=settings.kafka_topic)
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
@@ -44,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     cli_parser = parser(settings)
     args = cli_parser.parse_args(argv)
-    if min(args.windows, args.until_window, args.window_rows, args.window_seconds) < 0:
-        cli_parser.error(
-            "--windows, --until-window, --window-rows and --window-seconds must be >= 0"
-        )
-    if args.window_rows and args.window_seconds:
-        cli_parser.error("choose one of --window-rows and --window-seconds")
+    if min(args.windows, args.until_window) < 0:
+        cli_parser.error("--windows and --until-window must be >= 0")
+    try:
+        rule = window_rule(args)
+    except ValueError as error:
+        cli_parser.error(str(error))
     settings = replace(
         settings,
         kafka_topic=args.topic,
@@ -59,11 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = consume(
         settings,
         args.output_dir,
-        args.windows,
-        args.window_rows,
-        args.window_seconds,
-        not args.no_progress,
-        args.until_window,
+        max_windows=args.windows,
+        rule=rule,
+        progress=not args.no_progress,
+        until_window=args.until_window,
     )
     print(summary)
     return 0

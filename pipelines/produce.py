@@ -1,6 +1,7 @@
 """Replay a dataset file into Kafka, one invoice per message, in file order.
 
     python -m pipelines.produce --input data/online_retail.csv [--rate ROWS_PER_S] [--limit ROWS]
+    python -m pipelines.produce --input data/online_retail.csv --speedup 60000  # a year in ~9 min
     python -m pipelines.produce --input 'data/by-day/*.csv'   # or a directory: name order
 
 The producer itself is pipelines/ingest/producer.py.
@@ -32,6 +33,12 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--topic", default=settings.kafka_topic)
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers)
     parser.add_argument("--rate", type=float, default=0.0, help="rows/s; 0 = as fast as possible")
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=0.0,
+        help="replay by InvoiceDate, X times faster than it happened; 0 = off",
+    )
     parser.add_argument("--limit", type=int, default=0, help="replay only the first N rows")
     parser.add_argument("--partitions", type=int, default=3, help="when creating the topic")
     parser.add_argument("--no-progress", action="store_true")
@@ -42,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     cli_parser = parser(settings)
     args = cli_parser.parse_args(argv)
-    if args.rate < 0 or args.limit < 0 or args.partitions < 1:
-        cli_parser.error("--rate and --limit must be >= 0 and --partitions >= 1")
+    if min(args.rate, args.speedup, args.limit) < 0 or args.partitions < 1:
+        cli_parser.error("--rate, --speedup and --limit must be >= 0 and --partitions >= 1")
+    if args.rate and args.speedup:
+        cli_parser.error("choose one of --rate and --speedup")
     try:
         input_files(args.input)  # a file, a directory of them or a glob: one at least
     except FileNotFoundError as error:
@@ -53,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = replay(
-            args.input, settings, args.rate, args.limit, args.partitions, not args.no_progress
+            args.input,
+            settings,
+            args.rate,
+            args.limit,
+            args.partitions,
+            not args.no_progress,
+            speedup=args.speedup,
         )
     except LoadError as error:  # not this schema's header: one line, not a traceback
         cli_parser.exit(2, f"error: {error}\n")

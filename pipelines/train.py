@@ -8,7 +8,8 @@ The loop: one SparkSession serves every window (pipelines/training/session.py); 
 fitted (training/fitting.py, training/selection.py) and then logged as one MLflow run `window-<i>`
 and one new version of the registered model (training/tracking.py), the next window being fitted
 while the previous one is logged. Aliases `model<i>` move only after every window has been
-registered, so they never mix two trainings.
+registered, so they never mix two trainings. Each window after the first is measured against the
+one before it (training/drift.py), which the loop hands on explicitly (`PreviousWindow`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pipelines import cli
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.window_files import Manifest, read_manifests
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
-from pipelines.training.fitting import MODES, Spec, fit_window
+from pipelines.training.fitting import MODES, PreviousWindow, Spec, fit_window
 from pipelines.training.selection import (
     DEFAULT_K_RANGE,
     DEFAULT_MIN_CLUSTER_SHARE,
@@ -83,9 +84,9 @@ def train_windows(
             )
             pending, previous = [], None
             for window in range(first_window, windows + 1):
-                fitted = fit_window(spark, windows_dir, window, spec, progress)
+                fitted = fit_window(spark, windows_dir, window, spec, progress, previous)
                 pending.append(logging_thread.submit(recorder.record, fitted, previous))
-                previous = fitted.profile
+                previous = PreviousWindow.of(fitted)
             trained = [future.result() for future in pending]
         finally:
             if own_session:

@@ -3,7 +3,8 @@
 It applies the window rule (pipelines/ingest/window_rule.py). A closed window is written (Parquet,
 then manifest, atomically; pipelines/ingest/window_files.py) and only then are the offsets
 committed. On (re)start the consumer seeks to where the last manifest says the next window begins,
-so a kill at any moment neither loses nor duplicates a row.
+so a kill at any moment neither loses nor duplicates a row. Unusable messages, and invoices that
+arrive after their event-time window closed, go to the dead-letter file instead of a window.
 
 Windows are built by one active member of the consumer group, which needs every partition; a
 second member is a standby that takes over through the group's rebalance.
@@ -28,7 +29,15 @@ from tqdm import tqdm
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.messages import PoisonMessage
 from pipelines.ingest.window_files import Manifest, read_manifests, rows_digest, write_window
-from pipelines.ingest.window_rule import ClosedWindow, WindowBuilder, WindowKey
+from pipelines.ingest.window_rule import (
+    DEFAULT_RULE,
+    END,
+    ClosedWindow,
+    LateInvoice,
+    WindowBuilder,
+    WindowKey,
+    WindowRule,
+)
 
 DEAD_LETTERS = "dead-letters.jsonl"
 
@@ -49,15 +58,17 @@ class DeadLetters:
 
     def add(
         self, topic: str, partition: int, offset: int, value: bytes | None, reason: str
-    ) -> None:
+    ) -> bool:
+        """Record a message; False if it was recorded before (a re-read after a restart)."""
         if (topic, partition, offset) in self._seen:
-            return
+            return False
         self._seen.add((topic, partition, offset))
         text = None if value is None else value.decode("utf-8", errors="replace")
         entry = {"topic": topic, "partition": partition, "offset": offset, "reason": reason}
         self._file.write(json.dumps({**entry, "value": text}) + "\n")
         self._file.flush()
         self.count += 1
+        return True
 
     def sync(self) -> None:
         os.fsync(self._file.fileno())
@@ -86,24 +97,28 @@ class _Rebalance(ConsumerRebalanceListener):
 class ConsumeSummary:
     windows: list[Manifest]
     dead_letters: int
+    late_rows: int = 0  # rows of late invoices (event time), among the dead letters
 
     def __str__(self) -> str:
         rows = sum(m.rows for m in self.windows)
         names = ", ".join(f"window-{m.window}" for m in self.windows) or "none"
-        return f"wrote {names} ({rows:,} rows); {self.dead_letters} dead letters"
+        return (
+            f"wrote {names} ({rows:,} rows); {self.dead_letters} dead letters "
+            f"({self.late_rows:,} late rows)"
+        )
 
 
 def consume(
     settings: Settings,
     output_dir: Path,
+    *,
     max_windows: int = DEFAULT_WINDOWS,
-    window_rows: int = 0,
-    window_seconds: float = 0.0,
+    rule: WindowRule = DEFAULT_RULE,
     progress: bool = True,
     until_window: int = 0,
 ) -> ConsumeSummary:
-    """Write windows until `max_windows` more are written or window `until_window` exists
-    (0 and 0 = run until interrupted)."""
+    """Write windows cut by `rule` until `max_windows` more are written or window `until_window`
+    exists (0 and 0 = run until interrupted)."""
     topic = settings.kafka_topic
     manifests = read_manifests(output_dir)
     if manifests and manifests[-1].topic != topic:
@@ -125,9 +140,9 @@ def consume(
     builder = WindowBuilder(
         partitions,
         positions={},
-        window_rows=window_rows,
-        window_seconds=window_seconds,
+        rule=rule,
         last_closed=(_key_of_manifest(last) if last else None),
+        resumed_frontiers=_frontiers_of_manifest(last) if last else {},
     )
     dead = DeadLetters(output_dir / DEAD_LETTERS)
 
@@ -146,6 +161,7 @@ def consume(
     rebalance = _Rebalance(consumer)
     consumer.subscribe([topic], listener=rebalance)
     written: list[Manifest] = []
+    late_rows = 0
     next_window = last.window + 1 if last else 1
 
     def done() -> bool:
@@ -173,7 +189,11 @@ def consume(
                             tp.partition, record.offset, record.timestamp, record.value
                         )
                     except PoisonMessage as poison:
-                        dead.add(topic, tp.partition, record.offset, record.value, str(poison))
+                        new = dead.add(
+                            topic, tp.partition, record.offset, record.value, str(poison)
+                        )
+                        if new and isinstance(poison, LateInvoice):
+                            late_rows += poison.rows
                     else:
                         bar.update(rows)
             while not done() and (closed := builder.pop_closed()):
@@ -189,7 +209,7 @@ def consume(
         bar.close()
         dead.close()
         consumer.close(autocommit=False)
-    return ConsumeSummary(written, dead.count)
+    return ConsumeSummary(written, dead.count, late_rows)
 
 
 def _write(
@@ -210,6 +230,10 @@ def _write(
         replay_window=int(local),
         replay_started_ms=t0,
     )
+    if closed.bounds is not None and closed.frontiers is not None:
+        start, end = closed.bounds
+        manifest.window_start, manifest.window_end = str(start), str(end)
+        manifest.frontiers = _frontiers_for_manifest(closed.frontiers)
     dead.sync()
     return write_window(frame, output_dir, manifest)
 
@@ -241,6 +265,22 @@ def _wait_for_broker(error: KafkaError) -> None:
 
 def _key_of_manifest(manifest: Manifest) -> WindowKey:
     return (manifest.replay_started_ms, manifest.replay, manifest.replay_window)
+
+
+def _frontiers_for_manifest(frontiers: dict[int, WindowKey]) -> dict[int, list]:
+    """JSON has no infinity: an ended replay's frontier is written as null."""
+    return {
+        p: [started_ms, replay, None if point == END else int(point)]
+        for p, (started_ms, replay, point) in frontiers.items()
+    }
+
+
+def _frontiers_of_manifest(manifest: Manifest) -> dict[int, WindowKey]:
+    """The event-time frontiers a manifest records (none for other rules), as the builder's."""
+    return {
+        p: (started_ms, replay, END if point is None else point)
+        for p, (started_ms, replay, point) in (manifest.frontiers or {}).items()
+    }
 
 
 def _wait_for_partitions(consumer: KafkaConsumer, topic: str) -> list[int]:

@@ -1,6 +1,7 @@
 """Replay a dataset file into Kafka, one invoice per message, in file order.
 
     python -m pipelines.produce --input data/online_retail.csv [--rate ROWS_PER_S] [--limit ROWS]
+    python -m pipelines.produce --input data/online_retail.csv --speedup 60000  # a live source
 
 Delivery is idempotent and durable (acks=all, retries until `delivery_timeout_ms`), so a broker
 restart mid-replay neither loses nor duplicates a message. When the replay ends, an end-of-replay
@@ -96,6 +97,25 @@ def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[int, list, list[tupl
         yield start, list(header), lines[start:end]
 
 
+def send_schedule(frame: pd.DataFrame, rate: float = 0.0, speedup: float = 0.0) -> np.ndarray:
+    """When each invoice message is due, in seconds after the replay starts.
+
+    At `rate` rows/s a message waits for the rows before it. At `speedup` X the replay is a live
+    source: each message waits for the gap between its InvoiceDate and the first one, divided by
+    X (a year in about 9 minutes at X = 60,000); an invoice dated before an earlier one goes
+    without waiting. Neither: every message is due at once.
+    """
+    if rate > 0 and speedup > 0:
+        raise ValueError("choose one of rate and speedup")
+    starts = invoice_starts(frame)
+    if rate > 0:
+        return starts / rate  # the rows before each message
+    if speedup > 0:
+        dates = frame["InvoiceDate"].to_numpy("datetime64[ms]")[starts].astype(np.int64)
+        return (np.maximum.accumulate(dates) - dates[0]) / 1000 / speedup
+    return np.zeros(len(starts))
+
+
 def _text_or_none(column: pd.Series) -> list[str | None]:
     return column.astype(object).where(column.notna(), None).tolist()
 
@@ -107,8 +127,11 @@ def replay(
     limit: int = 0,
     partitions: int = 3,
     progress: bool = True,
+    *,
+    speedup: float = 0.0,
 ) -> ReplaySummary:
-    """Send the file's rows (the first `limit` if > 0) at `rate` rows/s (0 = unthrottled)."""
+    """Send the file's rows (the first `limit` if > 0) at `rate` rows/s or by their InvoiceDates
+    `speedup` times faster than they happened (`send_schedule`; 0 and 0 = unthrottled)."""
     loaded = load_transactions(path)
     for line in loaded.malformed[:10]:
         print(f"skipped malformed {line.where}: {line.reason}", file=sys.stderr)
@@ -117,6 +140,7 @@ def replay(
     if total == 0:
         raise ValueError(f"{path} holds no valid rows to replay")
 
+    schedule = send_schedule(frame, rate, speedup)
     ensure_topic(settings.kafka_bootstrap_servers, settings.kafka_topic, partitions)
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -129,7 +153,10 @@ def replay(
     started = time.perf_counter()
     t0 = int(time.time() * 1000)
     with tqdm(total=total, unit="rows", disable=not progress, desc="produce") as bar:
-        for seq, header, lines in invoice_messages(frame):
+        for (seq, header, lines), due in zip(invoice_messages(frame), schedule, strict=True):
+            wait = due - (time.perf_counter() - started)
+            if wait > 0:
+                time.sleep(wait)
             value = encode_invoice(replay_id, seq, total, t0, header, lines)
             future = producer.send(settings.kafka_topic, key=header[0].encode(), value=value)
             future.add_errback(errors.append)
@@ -137,10 +164,6 @@ def replay(
             sent_rows += len(lines)
             sent_bytes += len(value)
             bar.update(len(lines))
-            if rate > 0:
-                ahead = sent_rows / rate - (time.perf_counter() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
         end = encode_end(replay_id, total, t0)
         for partition in sorted(producer.partitions_for(settings.kafka_topic)):
             producer.send(settings.kafka_topic, value=end, partition=partition).add_errback(

@@ -59,6 +59,12 @@ class Manifest:
     # Index of this window within its replay (0-based): with the replay, it says what the window is.
     replay_window: int = 0
     replay_started_ms: int = 0
+    # Event-time windows only (None otherwise): the window's calendar period [start, end), and
+    # per partition the [replay start, replay, greatest InvoiceDate in ms or null = replay ended]
+    # read before `offsets`' end, which a restart restores (pipelines/ingest/window_rule.py).
+    window_start: str | None = None
+    window_end: str | None = None
+    frontiers: dict[int, list] | None = None
     schema_version: int = 1
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -70,6 +76,8 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
         raw["offsets"] = {int(p): list(r) for p, r in raw["offsets"].items()}
+        if raw.get("frontiers") is not None:
+            raw["frontiers"] = {int(p): list(f) for p, f in raw["frontiers"].items()}
         raw.pop("parquet", None)
         return cls(**raw)
 

@@ -1,20 +1,42 @@
 """The window rule: which window each record falls in, and when a window closes.
 
 Free of Kafka clients, so it can be tested on its own (tests/ingest/test_window_rule.py) and any
-consumer engine can apply it. The rule, written once for every engine:
+consumer engine can apply it. The rule, written once for every engine (`WindowRule` says which):
 - by rows (default): the invoice starting at line `seq` of a replay falls in window `seq // N`, with
-  N = the replay's rows / DEFAULT_WINDOWS unless `window_rows` says otherwise. Invoices are never
-  split, so a window holds N rows give or take one invoice;
-- by time (`window_seconds` T): a message falls in window `(timestamp - replay start) // T`, from
-  the record timestamps the producer stamped, which Kafka stores with the record.
-A window closes once every partition has moved past it (a later message or the replay's end
-marker), never on a timer.
+  N = the replay's rows / DEFAULT_WINDOWS unless `rows` says otherwise. Invoices are never split,
+  so a window holds N rows give or take one invoice;
+- by time (`seconds` T): a message falls in window `(timestamp - replay start) // T`, from the
+  record timestamps the producer stamped, which Kafka stores with the record;
+- by event time (`period` day, week or month, `lateness` L): an invoice falls in the calendar
+  period of its InvoiceDate (a day; an ISO week, Monday to Sunday; a calendar month), read as UTC.
+A row-or-time window closes once every partition has moved past it (a later message or the replay's
+end marker), never on a timer.
+
+An event-time window closes once every partition's watermark has passed its end, never on a timer.
+A partition's watermark is the greatest InvoiceDate read from it so far minus L; the replay's end
+marker sets it past every window of that replay (and a later replay's message past every window of
+the earlier one). An invoice is late when its window's end is not after the watermark of its own
+partition as it arrives: it goes to the dead letters (`LateInvoice`), never into a window. That
+test needs nothing but the partition's own earlier messages, so it gives the same answer in any
+interleaving of the partitions and on every re-read; and an invoice that is not late always finds
+its window open, because no window closes before every watermark has passed its end.
+
+Event-time windows are not contiguous in the log: a message of a later period can sit between two
+of an earlier one. So a closed window's offsets are where reading resumes: for each partition, the
+first message still waiting in an open window (or the end of what was read), and the manifest
+records each partition's watermark state there (`frontiers`). A restart seeks to those offsets and
+restores those frontiers; a message it reads again is late exactly as before, or belongs to a
+window already written (its window is not after the last closed one) and is skipped, or waits for
+its window as before. Nothing is lost and nothing is written twice.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from itertools import repeat
 
 import pandas as pd
@@ -33,7 +55,105 @@ from pipelines.ingest.messages import (
 END = math.inf  # the local index of an end-of-replay marker: after every window of its replay
 
 # (replay start in epoch ms, replay id, window index within the replay): sorts in stream order.
+# For event time the index is the calendar period's number (`period_of`).
 WindowKey = tuple[int, str, float]
+
+WINDOW_BY = ("rows", "seconds", "event-time")
+PERIODS = ("day", "week", "month")
+DAY_MS = 86_400_000
+_EPOCH = datetime(1970, 1, 1)
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+@dataclass(frozen=True)
+class WindowRule:
+    """Which rule cuts the stream; the defaults are the rows rule with windows of a third."""
+
+    by: str = "rows"
+    rows: int = 0  # 0 = the replay's rows / DEFAULT_WINDOWS
+    seconds: float = 0.0
+    period: str = "day"
+    lateness: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        if self.by not in WINDOW_BY:
+            raise ValueError(f"window rule by={self.by!r}: expected one of {', '.join(WINDOW_BY)}")
+        if self.period not in PERIODS:
+            raise ValueError(f"window period {self.period!r}: expected one of {', '.join(PERIODS)}")
+        if self.rows < 0 or self.seconds < 0 or self.lateness < timedelta(0):
+            raise ValueError("window rows, seconds and lateness must be >= 0")
+        if (self.by == "seconds") != (self.seconds > 0):
+            raise ValueError("window seconds > 0 goes with by='seconds', and only with it")
+        if self.rows and self.by != "rows":
+            raise ValueError(f"window rows are for by='rows', not by={self.by!r}")
+        if self.lateness and self.by != "event-time":
+            raise ValueError(f"a lateness is for by='event-time', not by={self.by!r}")
+
+    @property
+    def lateness_ms(self) -> int:
+        return self.lateness // timedelta(milliseconds=1)
+
+
+DEFAULT_RULE = WindowRule()
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '30m', '6h', '2d' (or '0') as a timedelta; ValueError naming the text otherwise."""
+    if text.strip() == "0":
+        return timedelta(0)
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as 30m, 6h or 2d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def event_ms(invoice_date: str) -> int:
+    """An InvoiceDate (ISO text) in epoch milliseconds, read as UTC."""
+    moment = datetime.fromisoformat(invoice_date)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def period_of(ms: int, period: str) -> int:
+    """The number of the calendar period holding epoch millisecond `ms`."""
+    day = ms // DAY_MS
+    if period == "day":
+        return day
+    if period == "week":  # 1970-01-01 was a Thursday: weeks start 3 days earlier, on a Monday
+        return (day + 3) // 7
+    moment = _EPOCH + timedelta(days=day)
+    return moment.year * 12 + moment.month - 1
+
+
+def period_bounds(index: int, period: str) -> tuple[datetime, datetime]:
+    """[start, end) of calendar period `index` (see `period_of`)."""
+    if period == "day":
+        start = _EPOCH + timedelta(days=index)
+        return start, start + timedelta(days=1)
+    if period == "week":
+        start = _EPOCH + timedelta(days=index * 7 - 3)
+        return start, start + timedelta(days=7)
+    year, month = divmod(index, 12)
+    after_year, after_month = divmod(index + 1, 12)
+    return datetime(year, month + 1, 1), datetime(after_year, after_month + 1, 1)
+
+
+def _ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _date(ms: float) -> str:
+    return "the end of the replay" if ms == END else str(_EPOCH + timedelta(milliseconds=ms))
+
+
+class LateInvoice(PoisonMessage):
+    """An invoice whose event-time window had closed when it arrived; `rows` are its lines."""
+
+    def __init__(self, reason: str, rows: int) -> None:
+        super().__init__(reason)
+        self.rows = rows
 
 
 @dataclass
@@ -49,6 +169,9 @@ class ClosedWindow:
     invoices: list[Invoice]  # in file order
     # partition -> [first offset, end offset) of this window, as the manifest records it.
     offsets: dict[int, list[int]]
+    # Event time only: the window's [start, end) and each partition's frontier at the end offsets.
+    bounds: tuple[datetime, datetime] | None = None
+    frontiers: dict[int, WindowKey] | None = None
 
     def __len__(self) -> int:
         return sum(map(len, self.invoices))
@@ -75,22 +198,32 @@ class WindowBuilder:
     partitions: list[int]
     # Where the next window begins in each partition: the resume position.
     positions: dict[int, int]
-    window_rows: int = 0
-    window_seconds: float = 0.0
+    rule: WindowRule = DEFAULT_RULE
     last_closed: WindowKey | None = None
+    # Event time: each partition's frontier at `positions`, from the last manifest on a restart.
+    resumed_frontiers: dict[int, WindowKey] = field(default_factory=dict)
     _pending: dict[WindowKey, list[_Pending]] = field(default_factory=dict)
+    # partition -> the furthest point read: a window key (rows, seconds), or
+    # (replay start, replay, greatest InvoiceDate in ms) (event time).
     _frontier: dict[int, WindowKey] = field(default_factory=dict)
+    # Event time: partition -> (offset, frontier after it) of each message read past `positions`.
+    _history: dict[int, list[tuple[int, WindowKey]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._frontier = dict(self.resumed_frontiers)
 
     def key_of(self, seq: int, total: int, t0: int, timestamp_ms: int, replay: str) -> WindowKey:
-        if self.window_seconds > 0:
-            return (t0, replay, (timestamp_ms - t0) // int(self.window_seconds * 1000))
-        size = self.window_rows or math.ceil(total / DEFAULT_WINDOWS)
+        if self.rule.by == "seconds":
+            return (t0, replay, (timestamp_ms - t0) // int(self.rule.seconds * 1000))
+        size = self.rule.rows or math.ceil(total / DEFAULT_WINDOWS)
         return (t0, replay, seq // size)
 
     def add(self, partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> int:
         """Take one record and return its row count; raise PoisonMessage (the caller
         dead-letters it) if it is unusable."""
         message = decode(value)
+        if self.rule.by == "event-time":
+            return self._add_by_event_time(partition, offset, message)
         rows = 0
         if isinstance(message, EndOfReplay):
             key: WindowKey = (message.t0, message.replay, END)
@@ -103,25 +236,138 @@ class WindowBuilder:
         self._frontier[partition] = max(key, self._frontier.get(partition, key))
         return rows
 
+    def _add_by_event_time(
+        self, partition: int, offset: int, message: Invoice | EndOfReplay
+    ) -> int:
+        if isinstance(message, EndOfReplay):
+            self._advance(partition, offset, (message.t0, message.replay, END))
+            return 0
+        event = event_ms(message.header[1])
+        key = (message.t0, message.replay, period_of(event, self.rule.period))
+        seen = self._frontier.get(partition)
+        self._advance(partition, offset, (message.t0, message.replay, event))
+        if seen is not None and self._passed(key, seen):
+            start, end = period_bounds(int(key[2]), self.rule.period)
+            watermark = _date(seen[2] - self.rule.lateness_ms)
+            raise LateInvoice(
+                f"late invoice: its {self.rule.period} window [{start}, {end}) had closed; "
+                f"partition {partition}'s watermark was {watermark} "
+                f"(allowed lateness {self.rule.lateness})",
+                len(message),
+            )
+        if self.last_closed is None or key > self.last_closed:
+            self._pending.setdefault(key, []).append(_Pending(partition, offset, message))
+        # else: read again after a restart, and already in a written window.
+        return len(message)
+
+    def _advance(self, partition: int, offset: int, point: WindowKey) -> None:
+        frontier = max(point, self._frontier.get(partition, point))
+        self._frontier[partition] = frontier
+        self._history.setdefault(partition, []).append((offset, frontier))
+
+    def _passed(self, key: WindowKey, frontier: WindowKey) -> bool:
+        """Whether a partition whose frontier is `frontier` has moved past window `key`."""
+        if self.rule.by != "event-time":
+            return frontier > key
+        t0, replay, index = key
+        end = _ms(period_bounds(int(index), self.rule.period)[1])
+        watermark = (frontier[0], frontier[1], frontier[2] - self.rule.lateness_ms)
+        return watermark >= (t0, replay, end)
+
     def reset(self, positions: dict[int, int]) -> None:
         """Forget what was read but not written: after a rebalance it is read again."""
         self.positions = dict(positions)
         self._pending.clear()
-        self._frontier.clear()
+        self._frontier = dict(self.resumed_frontiers)
+        self._history.clear()
 
     def pop_closed(self) -> ClosedWindow | None:
         """The oldest window every partition has moved past, or None."""
         if not self._pending or len(self._frontier) < len(self.partitions):
             return None
         key = min(self._pending)
-        if any(self._frontier[p] <= key for p in self.partitions):
+        if not all(self._passed(key, self._frontier[p]) for p in self.partitions):
             return None
         messages = sorted(self._pending.pop(key), key=lambda m: m.invoice.seq)
+        self.last_closed = key
+        invoices = [m.invoice for m in messages]
+        if self.rule.by == "event-time":
+            offsets = self._resume_past_written()
+            bounds = period_bounds(int(key[2]), self.rule.period)
+            return ClosedWindow(key, invoices, offsets, bounds, dict(self.resumed_frontiers))
         offsets = {}
         for partition in self.partitions:
             start = self.positions[partition]
             ends = [m.offset + 1 for m in messages if m.partition == partition]
             self.positions[partition] = max(ends, default=start)
             offsets[partition] = [start, self.positions[partition]]
-        self.last_closed = key
-        return ClosedWindow(key, [m.invoice for m in messages], offsets)
+        return ClosedWindow(key, invoices, offsets)
+
+    def _resume_past_written(self) -> dict[int, list[int]]:
+        """Event time: move each partition's position to its first message still waiting (or
+        past everything read) and remember the frontier there; return [old, new) positions."""
+        waiting: dict[int, int] = {}
+        for pending in self._pending.values():
+            for m in pending:
+                waiting[m.partition] = min(m.offset, waiting.get(m.partition, m.offset))
+        offsets = {}
+        for partition in self.partitions:
+            start = self.positions[partition]
+            history = self._history.get(partition, [])
+            read_to = history[-1][0] + 1 if history else start
+            end = waiting.get(partition, read_to)
+            before = [frontier for offset, frontier in history if offset < end]
+            if before:
+                self.resumed_frontiers[partition] = before[-1]
+            self._history[partition] = [(o, f) for o, f in history if o >= end]
+            self.positions[partition] = end
+            offsets[partition] = [start, end]
+        return offsets
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the window rule, shared by every command that cuts windows."""
+    parser.add_argument(
+        "--window-by",
+        choices=("auto", *WINDOW_BY),
+        default="auto",
+        help="auto = seconds when --window-seconds is given, else rows",
+    )
+    parser.add_argument("--window-rows", type=int, default=0, help="0 = a third of the replay")
+    parser.add_argument("--window-seconds", type=float, default=0.0, help="cut by record time")
+    parser.add_argument(
+        "--window-period",
+        choices=PERIODS,
+        default=DEFAULT_RULE.period,
+        help="event time: calendar day, ISO week (from Monday) or month of InvoiceDate",
+    )
+    parser.add_argument(
+        "--allowed-lateness",
+        default="0s",
+        help="event time: how far behind its partition's newest InvoiceDate an invoice may "
+        "arrive, e.g. 30m, 6h, 2d",
+    )
+
+
+def window_rule(args: argparse.Namespace) -> WindowRule:
+    """The rule the flags of `add_window_arguments` ask for; ValueError naming the flag."""
+    if args.window_rows < 0 or args.window_seconds < 0:
+        raise ValueError("--window-rows and --window-seconds must be >= 0")
+    if args.window_rows and args.window_seconds:
+        raise ValueError("choose one of --window-rows and --window-seconds")
+    try:
+        lateness = parse_duration(args.allowed_lateness)
+    except ValueError as error:
+        raise ValueError(f"--allowed-lateness: {error}") from None
+    by = args.window_by
+    if by == "auto":
+        by = "seconds" if args.window_seconds else "rows"
+    if by == "seconds" and not args.window_seconds:
+        raise ValueError("--window-by seconds needs --window-seconds T > 0")
+    if by != "seconds" and args.window_seconds:
+        raise ValueError(f"--window-seconds does not go with --window-by {by}")
+    if by != "rows" and args.window_rows:
+        raise ValueError(f"--window-rows does not go with --window-by {by}")
+    if by != "event-time" and (lateness or args.window_period != DEFAULT_RULE.period):
+        raise ValueError("--window-period and --allowed-lateness need --window-by event-time")
+    return WindowRule(by, args.window_rows, args.window_seconds, args.window_period, lateness)

@@ -1,7 +1,8 @@
 """One window's fit: read its training set, clean it, build features, fit the candidates, choose.
 
 Model i is fitted on windows 1..i (cumulative) or window i alone (tumbling), read from the Parquet
-files the consumer wrote.
+files the consumer wrote. Given the window before (`PreviousWindow`), its model scores the new
+customers too and the fit carries the drift against it (pipelines/training/drift.py).
 """
 
 from __future__ import annotations
@@ -11,14 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from tqdm import tqdm
 
 from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
+from pipelines.training.drift import (
+    CLUSTER,
+    PREVIOUS_CLUSTER,
+    Drift,
+    HistoryPoint,
+    Snapshot,
+    measure,
+)
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
 from pipelines.training.features import Cleaned, clean, customer_features
+from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.report import ModelProfile
 from pipelines.training.segments import segment_profiles
 from pipelines.training.selection import (
@@ -86,12 +98,40 @@ class WindowFit:
     candidates: list[Candidate]
     selection: Selection
     example: pd.DataFrame
-    profile: ModelProfile
     segments: pd.DataFrame  # segments.segment_profiles of the chosen model on its customers
+    snapshot: Snapshot  # the chosen model's profile, its scored customers and segment names
+    drift: Drift | None  # against the previous window; None for the first
+    history: tuple[HistoryPoint, ...]  # the drift chart: every window of the training up to this
 
     @property
     def chosen(self) -> Candidate:
         return self.selection.chosen
+
+    @property
+    def profile(self) -> ModelProfile:
+        return self.snapshot.profile
+
+
+@dataclass(frozen=True)
+class PreviousWindow:
+    """What the next window's fit and run need from this one, handed on by the caller.
+
+    Explicit rather than kept by the training, so a loop over windows (pipelines/train.py) and
+    a service fitting one closed window at a time pass the same thing to `fit_window` and
+    `Recorder.record`.
+    """
+
+    snapshot: Snapshot
+    model: PipelineModel  # scores the next window's customers for the drift's ARI and map
+    history: tuple[HistoryPoint, ...]
+
+    @classmethod
+    def of(cls, fit: WindowFit) -> PreviousWindow:
+        return cls(fit.snapshot, fit.chosen.model, fit.history)
+
+    @property
+    def profile(self) -> ModelProfile:
+        return self.snapshot.profile
 
 
 @dataclass(frozen=True)
@@ -103,15 +143,21 @@ class CustomerFit:
     selection: Selection
     segments: pd.DataFrame  # segments.segment_profiles of the chosen model on these customers
     example: pd.DataFrame  # a few customers' features: the logged model's input example
+    scored: pd.DataFrame  # score_customers: every customer's features and cluster(s)
 
 
 def fit_customers(
-    features: DataFrame, spec: Spec, what: str, progress: tqdm | None = None
+    features: DataFrame,
+    spec: Spec,
+    what: str,
+    progress: tqdm | None = None,
+    previous_model: PipelineModel | None = None,
 ) -> CustomerFit:
     """Fit every candidate k on `features` (one row per customer), choose one and profile it.
 
     Training runs this per window and `pipelines.evaluate` on a whole file, so both judge the
     recipe the same way. `what` names the customers in the log ("window 2", a file).
+    `previous_model` (the previous window's) scores the same customers, for the drift.
     """
     features = features.cache()
     try:
@@ -131,6 +177,7 @@ def fit_customers(
         example = features.select(*FEATURES).limit(5).toPandas()
         selection = choose(candidates, spec.min_cluster_share, fixed=bool(spec.k))
         segments = segment_profiles(selection.chosen.model, features)
+        scored = score_customers(features, selection.chosen.model, previous_model)
     finally:
         features.unpersist()
     chosen = selection.chosen
@@ -151,13 +198,37 @@ def fit_customers(
             chosen.k,
             100 * chosen.min_share,
         )
-    return CustomerFit(customers, candidates, selection, segments, example)
+    return CustomerFit(customers, candidates, selection, segments, example, scored)
+
+
+def score_customers(
+    features: DataFrame, model: PipelineModel, previous_model: PipelineModel | None
+) -> pd.DataFrame:
+    """Every customer's FEATURES and CLUSTER (and PREVIOUS_CLUSTER), collected in one Spark job.
+
+    A few thousand rows per window: the drift is computed on them in pandas.
+    """
+    columns = list(FEATURES)
+    scored = model.transform(features.select(*columns)).select(
+        *columns, F.col(PREDICTION_COL).alias(CLUSTER)
+    )
+    if previous_model is not None:
+        scored = previous_model.transform(scored).select(
+            *columns, CLUSTER, F.col(PREDICTION_COL).alias(PREVIOUS_CLUSTER)
+        )
+    return scored.toPandas()
 
 
 def fit_window(
-    spark: SparkSession, windows_dir: Path, window: int, spec: Spec, progress: tqdm | None = None
+    spark: SparkSession,
+    windows_dir: Path,
+    window: int,
+    spec: Spec,
+    progress: tqdm | None = None,
+    previous: PreviousWindow | None = None,
 ) -> WindowFit:
-    """Read the window's training set, clean it, build features, fit and choose the model."""
+    """Read the window's training set, clean it, build features, fit and choose the model;
+    measure its drift against `previous` (the window before, if there is one)."""
     ids = training_windows(window, spec.mode)
     cleaned = clean(spark.read.parquet(*[str(window_path(windows_dir, i)) for i in ids]))
     log.info(
@@ -167,9 +238,14 @@ def fit_window(
         cleaned.rows_read,
         cleaned.dropped,
     )
-    fit = fit_customers(customer_features(cleaned.rows), spec, f"window {window}", progress)
+    previous_model = previous.model if previous else None
+    features = customer_features(cleaned.rows)
+    fit = fit_customers(features, spec, f"window {window}", progress, previous_model)
     chosen = fit.selection.chosen
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
+    snapshot = Snapshot(profile, fit.scored, tuple(fit.segments["name"]))
+    drift = measure(snapshot, previous.snapshot) if previous else None
+    point = HistoryPoint(window, chosen.silhouette, drift.metrics() if drift else {})
     return WindowFit(
         window,
         ids,
@@ -178,6 +254,8 @@ def fit_window(
         fit.candidates,
         fit.selection,
         fit.example,
-        profile,
         fit.segments,
+        snapshot,
+        drift,
+        (*(previous.history if previous else ()), point),
     )

@@ -97,6 +97,18 @@ def match_clusters(current: ModelProfile, previous: ModelProfile) -> list[tuple[
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
 
+def center_shifts(current: ModelProfile, previous: ModelProfile) -> dict[int, tuple[int, float]]:
+    """current cluster -> (its matched previous cluster, distance between their centers).
+
+    Distances are in `current`'s std units (module docstring); unmatched clusters are left out.
+    """
+    here, there = current.in_std_units(current), current.in_std_units(previous)
+    return {
+        cluster: (old, float(np.linalg.norm(here[cluster] - there[old])))
+        for cluster, old in match_clusters(current, previous)
+    }
+
+
 def comparison_table(
     current: ModelProfile, previous: ModelProfile | None, previous_model: str
 ) -> pd.DataFrame:
@@ -121,20 +133,17 @@ def comparison_table(
 
     add("silhouette", None, None, previous.silhouette if previous else None, current.silhouette)
     add("k", None, None, previous.k if previous else None, current.k)
-    pairs = match_clusters(current, previous) if previous else []
-    matched = dict(pairs)
-    here = current.in_std_units(current)
-    there = current.in_std_units(previous) if previous else None
+    shifts = center_shifts(current, previous) if previous else {}
     for cluster, center in current.centers.iterrows():
-        old_id = matched.get(int(cluster))
+        old_id, shift = shifts.get(int(cluster), (None, None))
         old = previous.centers.loc[old_id] if old_id is not None else None
         for column in ("size", *FEATURES):
             add(column, cluster, old_id, None if old is None else old[column], center[column])
         if old is not None:
-            shift = float(np.linalg.norm(here[int(cluster)] - there[old_id]))
             add("center_shift_std", cluster, old_id, None, None, shift)
     if previous is not None:
-        for old_id, old in previous.centers.drop(index=list(matched.values())).iterrows():
+        continued = [old_id for old_id, _ in shifts.values()]
+        for old_id, old in previous.centers.drop(index=continued).iterrows():
             for column in ("size", *FEATURES):
                 add(column, None, old_id, old[column], None)
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[:-1])

@@ -3,7 +3,9 @@
 Everything a person comparing models in the MLflow UI needs is logged here: params (the recipe's
 choices and the data's provenance), the windows it was trained on as dataset inputs (Kafka topic
 and offsets, window digest), metrics per candidate k, the segments and cluster reports, and the
-whole Spark pipeline model with its signature. The registered version carries its segments (tag
+whole Spark pipeline model with its signature. From the second window of a training on, the run
+also carries the drift against the window before (pipelines/training/drift.py): metrics, the
+segment map and a chart of the drift so far. The registered version carries its segments (tag
 `segments`, names in the description), which is what the server's `GET /models` shows.
 """
 
@@ -29,24 +31,27 @@ from pipelines.contract import CONTRACT
 from pipelines.ingest.window_files import Manifest, combine_digests
 from pipelines.training import registry
 from pipelines.training.datasets import WindowDataset
+from pipelines.training.drift import plot_history
 from pipelines.training.features import CLEANING_RULES
-from pipelines.training.fitting import Spec, WindowFit
+from pipelines.training.fitting import PreviousWindow, Spec, WindowFit
 from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.report import (
-    ModelProfile,
     comparison_table,
     plot_comparison,
     plot_profile,
     write_centers,
 )
 from pipelines.training.segments import describe_segments, segment_names_line, segments_json
-from pipelines.training.selection import SILHOUETTE_DISTANCE, Candidate
+from pipelines.training.selection import SILHOUETTE_DISTANCE
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
 SEGMENTS_TABLE = "segments.json"  # mlflow.log_table: the run's Evaluation / Artifacts view
 SEGMENT_NAMES_TAG = "segment_names"  # on the run and the version: "0 occasional; 1 wholesale; ..."
+DRIFT_AGAINST_TAG = "drift_against"  # "window-2", or "none: ..." on a training's first window
+SEGMENT_MAP = "segment_map.json"  # drift.Drift.segment_map_json
+DRIFT_CHART = "drift.png"  # drift.plot_history
 
 # MLflow's experiment-kind tag and its value for classic model training (MLflow 3.17 spells them
 # so in its UI and in mlflow/demo; the other kind is "genai_development").
@@ -87,7 +92,9 @@ class Recorder:
     manifests: dict[int, Manifest]
     spec: Spec
 
-    def record(self, fit: WindowFit, previous: ModelProfile | None) -> TrainedWindow:
+    def record(self, fit: WindowFit, previous: PreviousWindow | None) -> TrainedWindow:
+        """Log `fit` as run window-<i> and register its model; `previous` is what `fit_window`
+        was given (None for a training's first window)."""
         with mlflow.start_run(
             experiment_id=self.experiment_id,
             run_name=f"window-{fit.window}",
@@ -96,11 +103,12 @@ class Recorder:
             run_id = run.info.run_id
             self.client.log_batch(
                 run_id,
-                metrics=_metrics(fit.candidates, fit.chosen),
+                metrics=_metrics(fit),
                 params=[Param(key, str(value)) for key, value in self._params(fit).items()],
                 tags=[
                     *(RunTag(key, value) for key, value in self._tags(fit.window).items()),
                     RunTag(SEGMENT_NAMES_TAG, segment_names_line(fit.segments)),
+                    RunTag(DRIFT_AGAINST_TAG, _against(fit.window, previous)),
                 ],
             )
             mlflow.log_inputs(  # one batch: the windows this model was trained on
@@ -110,7 +118,7 @@ class Recorder:
             )
             with tempfile.TemporaryDirectory() as tmp:
                 fit.segments.to_csv(Path(tmp, "segments.csv"), index=False)
-                self._log_reports(run_id, Path(tmp), fit.profile, previous)
+                self._log_reports(run_id, Path(tmp), fit, previous)
             self.client.log_table(run_id, fit.segments, SEGMENTS_TABLE)
             mlflow.spark.log_model(
                 fit.chosen.model,
@@ -199,21 +207,33 @@ class Recorder:
         }
 
     def _log_reports(
-        self, run_id: str, folder: Path, profile: ModelProfile, previous: ModelProfile | None
+        self, run_id: str, folder: Path, fit: WindowFit, previous: PreviousWindow | None
     ) -> None:
+        profile = fit.profile
+        before = previous.profile if previous else None
         write_centers(profile, folder / "cluster_centers.csv")
         plot_profile(profile, folder / "cluster_profile.png")
-        if previous is None:
-            against = f"none: window {profile.window} is the first of this training"
-        else:
-            against = f"window-{previous.window} of this training"
-        table = comparison_table(profile, previous, against)
+        against = _against(fit.window, previous)
+        if previous is not None:
+            against += " of this training"
+        table = comparison_table(profile, before, against)
         table.to_csv(folder / "comparison.csv", index=False)
-        plot_comparison(table, profile, previous, folder / "comparison.png")
+        plot_comparison(table, profile, before, folder / "comparison.png")
+        plot_history(fit.history, folder / DRIFT_CHART)
+        if fit.drift is not None:
+            (folder / SEGMENT_MAP).write_text(fit.drift.segment_map_json())
         self.client.log_artifacts(run_id, str(folder))
 
 
-def _metrics(candidates: list[Candidate], chosen: Candidate) -> list[Metric]:
+def _against(window: int, previous: PreviousWindow | None) -> str:
+    """What the window's drift and comparison are measured against."""
+    if previous is None:
+        return f"none: window {window} is the first of this training"
+    return f"window-{previous.profile.window}"
+
+
+def _metrics(fit: WindowFit) -> list[Metric]:
+    candidates, chosen = fit.candidates, fit.chosen
     now = get_current_time_millis()
     kmeans = chosen.model.stages[-1]
     metrics = [
@@ -228,6 +248,8 @@ def _metrics(candidates: list[Candidate], chosen: Candidate) -> list[Metric]:
         Metric(f"cluster_size_{cluster}", size, now, 0)
         for cluster, size in enumerate(kmeans.summary.clusterSizes)
     ]
+    if fit.drift is not None:
+        metrics += [Metric(key, value, now, 0) for key, value in fit.drift.metrics().items()]
     return metrics
 
 

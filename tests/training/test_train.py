@@ -9,6 +9,7 @@ Everything talks to a SQLite store in tmp.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -44,11 +45,13 @@ from pipelines.ingest.window_files import (
     write_windows,
 )
 from pipelines.train import train_windows
+from pipelines.training.drift import population_stability_index
 from pipelines.training.features import CLEANING_RULES, clean, customer_features
 from pipelines.training.fitting import training_windows
 from pipelines.training.recipe import PREDICTION_COL, build_pipeline
 from pipelines.training.registry import model_uri
 from pipelines.training.selection import candidate_ks
+from pipelines.training.tracking import DRIFT_AGAINST_TAG, DRIFT_CHART, SEGMENT_MAP
 
 if TYPE_CHECKING:
     from tests.conftest import Training
@@ -225,6 +228,63 @@ def test_artifacts_centers_profile_and_comparison(training: Training, tmp_path: 
             ).all()
             assert silhouette["previous"] == pytest.approx(before.silhouette)
             assert (comparison["measure"] == "center_shift_std").sum() == min(t.k, before.k)
+
+
+def test_drift_against_the_previous_window_from_the_second_on(
+    training: Training, spark: SparkSession, tmp_path: Path
+) -> None:
+    """Every run charts the drift so far; windows 2 and 3 log it against the window before.
+
+    PSI and ARI are recomputed here from the window files and the registered models: PSI of
+    each feature over the two training sets, ARI and the members' origins from both models'
+    clusters of the new training set's customers.
+    """
+    client = MlflowClient(training.uri)
+    for t in training.trained:
+        run = training.run(t.window)
+        artifacts = {a.path for a in client.list_artifacts(t.run_id)}
+        assert DRIFT_CHART in artifacts
+        if t.window == 1:
+            assert run.data.tags[DRIFT_AGAINST_TAG].startswith("none: window 1 is the first")
+            assert not any(
+                key.startswith(("psi_", "center_shift", "ari")) for key in run.data.metrics
+            )
+            assert SEGMENT_MAP not in artifacts
+            continue
+        before = training.trained[t.window - 2]
+        assert run.data.tags[DRIFT_AGAINST_TAG] == f"window-{before.window}"
+        metrics = run.data.metrics
+        features = _all_features(training, spark, t.window)
+        reference = _all_features(training, spark, before.window).toPandas()
+        clusters = {}
+        for name, version in (("new", t.version), ("old", before.version)):
+            model = mlflow.spark.load_model(f"models:/{NAME}/{version}")
+            clusters[name] = _labels(model.transform(features))
+        customers = features.toPandas()
+        for name in FEATURES:
+            assert metrics[f"psi_{name}"] == pytest.approx(
+                population_stability_index(reference[name].to_numpy(), customers[name].to_numpy())
+            )
+        assert metrics["ari_previous_model"] == pytest.approx(
+            adjusted_rand_score(clusters["old"], clusters["new"])
+        )
+        assert 0 <= metrics["center_shift_mean"] <= metrics["center_shift_max"]
+
+        path = mlflow.artifacts.download_artifacts(
+            run_id=t.run_id, artifact_path=SEGMENT_MAP, dst_path=str(tmp_path / str(t.window))
+        )
+        document = json.loads(Path(path).read_text())
+        assert (document["window"], document["previous_window"]) == (t.window, before.window)
+        segments = document["segments"]
+        assert [s["cluster"] for s in segments] == list(range(t.k))
+        members = pd.crosstab(clusters["new"], clusters["old"])
+        assert [s["customers"] for s in segments] == members.sum(axis=1).tolist()
+        assert [s["most_members_from"] for s in segments] == members.idxmax(axis=1).tolist()
+        continued = [s["continues"] for s in segments if s["continues"] is not None]
+        assert len(continued) == min(t.k, before.k)
+        assert sorted(continued + document["not_continued"]) == list(range(before.k))
+        shifts = [s["center_shift_std"] for s in segments if s["continues"] is not None]
+        assert max(shifts) == pytest.approx(metrics["center_shift_max"])
 
 
 def test_every_version_loads_with_spark_and_pyfunc_and_predicts(
