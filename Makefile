@@ -7,8 +7,8 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
 
-.PHONY: demo stop clean install kafka-up kafka-down generate produce consume train stream \
-        evaluate pipeline serve ui test lint bench-stream bench-train bench-serve
+.PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down generate produce consume \
+        train stream evaluate pipeline serve ui test lint bench-stream bench-train bench-serve
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
@@ -22,8 +22,9 @@ stop:
 # and the one a killed test session may have left running).
 clean:
 	-[ -x $(PY) ] && { $(PY) -m infra.demo stop; $(PY) -m infra.kafka_broker down; \
+		$(PY) -m infra.spark_cluster down; \
 		$(PY) -m infra.kafka_broker down --state-dir test-artifacts/kafka; }
-	rm -rf .kafka mlruns mlflow.db logs test-artifacts
+	rm -rf .kafka .spark mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
 install: $(VENV)/.installed
@@ -40,6 +41,13 @@ kafka-up: install
 
 kafka-down:
 	$(PY) -m infra.kafka_broker down
+
+# A standalone Spark master and WORKERS workers (default 2) on 127.0.0.1; state in .spark/.
+spark-up: install
+	$(PY) -m infra.spark_cluster up $(if $(WORKERS),--workers $(WORKERS))
+
+spark-down:
+	$(PY) -m infra.spark_cluster down
 
 generate: install
 	$(PY) -m pipelines.generate

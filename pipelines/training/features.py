@@ -71,10 +71,16 @@ def _iso(moment: datetime) -> str:
 
 
 def customer_features(rows: DataFrame) -> DataFrame:
-    """One row per customer: CustomerID and FEATURES, as docs/architecture.md defines them."""
+    """One row per customer: CustomerID and FEATURES, as docs/architecture.md defines them.
+
+    Sorted by CustomerID: KMeans's initialisation samples the rows in order, and the order an
+    aggregation emits them in depends on which shuffle block arrived first, which differs between
+    runs and between `local[*]` and a cluster. Sorted, the same data gives the same model on both.
+    """
     total_quantity, total_amount, num_invoices = FEATURES
-    return rows.groupBy(F.trim("CustomerID").alias("CustomerID")).agg(
+    customers = rows.groupBy(F.trim("CustomerID").alias("CustomerID")).agg(
         F.sum("Quantity").cast("long").alias(total_quantity),
         F.sum(F.col("Quantity") * F.col("UnitPrice")).cast("double").alias(total_amount),
         F.countDistinct("InvoiceNo").cast("long").alias(num_invoices),
     )
+    return customers.orderBy("CustomerID")

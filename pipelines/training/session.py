@@ -1,5 +1,5 @@
 """The one SparkSession of a training, tuned for jobs over a few thousand customers, and bound to
-127.0.0.1 when local (nothing to warn about at start).
+127.0.0.1 when local or on a cluster on this machine (nothing to warn about at start).
 
 Also what keeps Ctrl-C quiet and clean around it: py4j's tracebacks filtered from the log, and the
 JVM stopped if the session was still starting.
@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
@@ -39,6 +40,7 @@ def spark_session(master: str) -> SparkSession:
             "spark.driver.extraJavaOptions",
             "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m",
         )
+    if master.startswith("local") or urlparse(master).hostname in (LOOPBACK, "localhost"):
         builder = _bound_to_loopback(builder)
     try:
         return builder.getOrCreate()
@@ -48,9 +50,10 @@ def spark_session(master: str) -> SparkSession:
 
 
 def _bound_to_loopback(builder: SparkSession.Builder) -> SparkSession.Builder:
-    """A local session talks only to itself: bind its driver to 127.0.0.1. Left to find an
-    address, Spark warns on every start that the hostname resolves to a loopback address and
-    picks another interface, which nothing here needs (and a firewall may ask about).
+    """A local session, or one on a cluster on this machine (`make spark-up`), talks only to
+    127.0.0.1: bind its driver there. Left to find an address, Spark warns on every start that
+    the hostname resolves to a loopback address and picks another interface, which nothing here
+    needs (and a firewall may ask about).
     SPARK_LOCAL_IP reaches the JVM PySpark is about to launch; one set by the user is kept."""
     os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     return builder.config("spark.driver.host", LOOPBACK).config(

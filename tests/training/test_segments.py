@@ -24,6 +24,7 @@ from pipelines.data.generator import generate_dataset
 from pipelines.ingest.window_files import read_manifests, window_path, write_windows
 from pipelines.train import train_windows
 from pipelines.training.features import clean, customer_features
+from pipelines.training.fitting import Spec, fit_customers
 from pipelines.training.recipe import PREDICTION_COL, build_pipeline
 from pipelines.training.registry import SEGMENTS_TAG
 from pipelines.training.segments import (
@@ -142,9 +143,10 @@ def test_profile_matches_the_predictions(features: DataFrame, k: int) -> None:
 
 @pytest.mark.spark
 def test_generated_segments_get_their_names(features: DataFrame) -> None:
-    """k=4 on all three windows: the clusters made mostly of the generator's wholesale and loyal
-    customers are named so, whatever their cluster ids; the rest are occasional or regular."""
-    model = build_pipeline(4, seed=42).fit(features)
+    """The model the recipe chooses on all three windows: the clusters made mostly of the
+    generator's wholesale and loyal customers are named so, whatever their cluster ids; the rest
+    are occasional or regular."""
+    model = fit_customers(features, Spec(), "three windows").selection.chosen.model
     profile = segment_profiles(model, features).set_index("cluster")
     truth = generate_dataset(ROWS, seed=7)[1].set_index("CustomerID")["Segment"]
     found = model.transform(features).select("CustomerID", PREDICTION_COL).toPandas()
