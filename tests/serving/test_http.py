@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,14 +144,21 @@ def test_no_jvm_under_the_server(server: tuple[str, subprocess.Popen]) -> None:
 
 
 def test_each_worker_listens_on_a_socket_of_its_own(server: tuple[str, subprocess.Popen]) -> None:
-    # So the kernel spreads connections over the workers (see serving.server).
+    # So the kernel spreads connections over the workers (see serving.server). The server is
+    # ready once one worker answers; the other may still be starting on a busy machine.
     port = int(server[0].rsplit(":", 1)[1])
-    listening = [
-        line
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-        if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"  # 0A: LISTEN
-    ]
-    assert len(listening) == 2, listening
+
+    def listening() -> list[str]:
+        return [
+            line
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"  # LISTEN
+        ]
+
+    deadline = time.monotonic() + 60
+    while len(listening()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(listening()) == 2, listening()
 
 
 def test_a_second_server_on_a_taken_port_is_refused(
