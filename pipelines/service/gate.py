@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.training.fitting import Spec
-from pipelines.training.report import ModelProfile, match_clusters
+from pipelines.training.report import ModelProfile, center_shifts
 
 # Kaufman and Rousseeuw's reading of the average silhouette: below 0.25 no substantial structure
 # has been found, so such a segmentation is not served.
@@ -93,8 +93,6 @@ def center_shift(current: ModelProfile, previous: ModelProfile) -> float:
     """How far the current model's customers' centres moved from their paired previous centres,
     on average, in the current model's standard deviations. Customers of a cluster with no partner
     (k grew) do not count."""
-    here, there = current.in_std_units(current), current.in_std_units(previous)
-    pairs = match_clusters(current, previous)
-    shifts = np.array([np.linalg.norm(here[c] - there[p]) for c, p in pairs])
-    sizes = current.centers["size"].to_numpy(float)[[c for c, _ in pairs]]
-    return float(np.average(shifts, weights=sizes))
+    shifts = center_shifts(current, previous)
+    sizes = current.centers["size"].to_numpy(float)[list(shifts)]
+    return float(np.average([shift for _, shift in shifts.values()], weights=sizes))

@@ -155,7 +155,7 @@ class CustomerFit:
     selection: Selection
     segments: pd.DataFrame  # segments.segment_profiles of the chosen model on these customers
     example: pd.DataFrame  # a few customers' features: the logged model's input example
-    scored: pd.DataFrame  # score_customers: every customer's features and cluster(s)
+    scored: pd.DataFrame | None  # score_customers, when asked for (the drift needs it)
 
 
 def fit_customers(
@@ -164,12 +164,14 @@ def fit_customers(
     what: str,
     progress: tqdm | None = None,
     previous_model: PipelineModel | None = None,
+    keep_scores: bool = False,
 ) -> CustomerFit:
     """Fit every candidate k on `features` (one row per customer), choose one and profile it.
 
     Training runs this per window and `pipelines.evaluate` on a whole file, so both judge the
     recipe the same way. `what` names the customers in the log ("window 2", a file).
-    `previous_model` (the previous window's) scores the same customers, for the drift.
+    `keep_scores`: also collect every customer's cluster (and `previous_model`'s, the previous
+    window's), which the drift needs and `pipelines.evaluate` does not.
     """
     features = features.cache()
     try:
@@ -189,7 +191,11 @@ def fit_customers(
         example = features.select(*FEATURES).limit(5).toPandas()
         selection = choose(candidates, spec.min_cluster_share, fixed=bool(spec.k))
         segments = segment_profiles(selection.chosen.model, features)
-        scored = score_customers(features, selection.chosen.model, previous_model)
+        scored = (
+            score_customers(features, selection.chosen.model, previous_model)
+            if keep_scores
+            else None
+        )
     finally:
         features.unpersist()
     chosen = selection.chosen
@@ -252,7 +258,9 @@ def fit_window(
     )
     previous_model = previous.model if previous else None
     features = customer_features(cleaned.rows)
-    fit = fit_customers(features, spec, f"window {window}", progress, previous_model)
+    fit = fit_customers(
+        features, spec, f"window {window}", progress, previous_model, keep_scores=True
+    )
     chosen = fit.selection.chosen
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
     snapshot = Snapshot(profile, fit.scored, tuple(fit.segments["name"]))
