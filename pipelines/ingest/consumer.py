@@ -12,8 +12,10 @@ second member is a standby that takes over through the group's rebalance.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -94,6 +96,15 @@ class _Rebalance(ConsumerRebalanceListener):
         self.assigned = set(assigned)
 
 
+def member_id(output_dir: Path) -> str:
+    """The builder's static group membership (KIP-345), one per host and windows folder: the same
+    builder restarted after a crash takes its partitions back at once, instead of waiting out the
+    dead member's session (45 s); a standby elsewhere is another member, and a second builder on
+    the same folder fences the first instead of writing beside it."""
+    where = f"{socket.gethostname()}:{output_dir.resolve()}"
+    return f"window-builder-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+
+
 @dataclass
 class ConsumeSummary:
     windows: list[Manifest]
@@ -133,6 +144,7 @@ def consume(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.kafka_group,
         client_id="retail-window-builder",
+        group_instance_id=member_id(output_dir),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 * 1024 * 1024,
