@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ROWS = 6_000
+# One window and three candidate k: every job pays the cluster's per-task round trips, and the
+# equality of two models does not need more of them.
+CHOICES = {"windows": 1, "k_range": (3, 5)}
+FLAGS = ("--windows", "1", "--k-min", "3", "--k-max", "5")
 RELATIVE = 1e-9  # "the same model": each centre, mean and scale vector equal within this
 
 
@@ -68,10 +72,11 @@ def test_the_cluster_runs_a_master_and_two_workers(cluster: Cluster) -> None:
 def test_training_on_the_cluster_gives_the_local_models(
     cluster: Cluster, train_generated: Callable[..., Training], tmp_path: Path
 ) -> None:
-    local = train_generated(ROWS)
+    local = train_generated(ROWS, **CHOICES)
     uri = sqlite_tracking_uri(tmp_path / "store")
     environment = {**os.environ, "SPARK_MASTER": cluster.url, "MLFLOW_TRACKING_URI": uri}
     command = [sys.executable, "-m", "pipelines.train", "--windows-dir", str(local.windows_dir)]
+    command += FLAGS
     subprocess.run(command, env=environment, cwd=PROJECT_ROOT, check=True, timeout=1200)
 
     previous = mlflow.get_tracking_uri()
