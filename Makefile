@@ -83,8 +83,10 @@ ui: install
 		--host 127.0.0.1 --port "$${MLFLOW_UI_PORT:-5001}"
 
 # The tests start the Kafka broker they need when none answers, and stop it (tests/conftest.py).
+# The files are spread over TEST_WORKERS pytest-xdist workers (0: all in this process).
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .

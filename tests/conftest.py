@@ -5,15 +5,24 @@ The broker address comes from pipelines/config.py, as for every other part of th
 KAFKA_BOOTSTRAP_SERVERS, else the local broker on 127.0.0.1:KAFKA_PORT (see infra/kafka_broker.py).
 Each stage's own fixtures are in its tests/<stage>/conftest.py. Spark and MLflow are imported
 inside the fixtures, so tests that need neither never load them.
+
+`make test` runs the files on two pytest-xdist workers: most tests wait on a JVM, a broker or a
+subprocess, and two of them overlap those waits. The workers share one broker, and what is costly
+to make (a training, a run of the stream service) is made once per run by whichever worker asks
+first (`once_per_run`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import pickle
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -34,27 +43,76 @@ if TYPE_CHECKING:
 # a broker running from here was started by a test session and is that session's to stop.
 SESSION_BROKER_DIR = PROJECT_ROOT / "test-artifacts" / "kafka"
 
+# An xdist worker's __main__ (execnet's) has neither __spec__ nor __file__, which pyspark's
+# Connect module (imported by mlflow.spark.log_model) takes for its doctest runner, and exits.
+if not hasattr(sys.modules["__main__"], "__file__"):
+    sys.modules["__main__"].__file__ = "<pytest-xdist worker>"
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created), held by one worker of the run at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+
+
+def once_per_run(
+    factory: pytest.TempPathFactory, worker_id: str, name: str, make: Callable[[], T]
+) -> T:
+    """`make()`'s result, made once for the whole run: under xdist the first worker to ask makes
+    and pickles it into the run's shared temp dir, the others read it (the pattern of
+    pytest-xdist's docs). What it names (stores, window files) must be only read afterwards."""
+    if worker_id == "master":
+        return make()
+    shared = factory.getbasetemp().parent / f"once-{name}"
+    with _locked(shared.with_suffix(".lock")):
+        if shared.exists():
+            return pickle.loads(shared.read_bytes())
+        result = make()
+        shared.write_bytes(pickle.dumps(result))
+        return result
+
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """The configured cluster's bootstrap address, started for this session if need be.
+def kafka_bootstrap(worker_id: str) -> Iterator[str]:
+    """The configured cluster's bootstrap address, started for this run if need be.
 
     When the configuration names the local broker and none answers there, one is started from
-    SESSION_BROKER_DIR and stopped when the session ends, so `make test` alone needs nothing
-    started first; a broker someone else started is used and left running. Another cluster
-    (KAFKA_BOOTSTRAP_SERVERS) that does not answer fails loudly: nothing is skipped.
+    SESSION_BROKER_DIR and stopped when the run ends (by the xdist controller, once every worker
+    is done: `pytest_unconfigure`), so `make test` alone needs nothing started first; a broker
+    someone else started is used and left running. Another cluster (KAFKA_BOOTSTRAP_SERVERS) that
+    does not answer fails loudly: nothing is skipped.
     """
     try:
-        bootstrap, started = ensure_broker(SESSION_BROKER_DIR)
+        with _locked(SESSION_BROKER_DIR.with_suffix(".lock")):
+            bootstrap, _ = ensure_broker(SESSION_BROKER_DIR)
     except BrokerError as error:
         pytest.fail(f"no Kafka cluster for the tests: {error}", pytrace=False)
-    # One left running by a session that was killed is this session's to stop as well.
-    started = started or running_broker(SESSION_BROKER_DIR)
     try:
         yield bootstrap
     finally:
-        if started is not None:
-            stop_broker(started.state_dir)
+        if worker_id == "master":
+            _stop_session_broker()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _is_xdist_controller(config):
+        _stop_session_broker()
+
+
+def _stop_session_broker() -> None:
+    """The broker running from SESSION_BROKER_DIR, if any, is a test run's: this one started it,
+    or one that was killed left it."""
+    if running_broker(SESSION_BROKER_DIR) is not None:
+        stop_broker(SESSION_BROKER_DIR)
 
 
 @pytest.fixture
@@ -122,12 +180,12 @@ class Training:
 
 @pytest.fixture(scope="session")
 def train_generated(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, worker_id: str
 ) -> Callable[..., Training]:
     """``train_generated(rows, seed, **train_windows_options)``: generate `rows` transactions, cut
     them into three windows as the consumer would (`write_windows`) and train them with
-    `train_windows` into a new SQLite store. Callers keep the result for their module or session
-    and must not add versions to it or move its aliases: tests that do train into `tracking_uri`.
+    `train_windows` into a new SQLite store, once per run for the same arguments. Callers must
+    not add versions to it or move its aliases: tests that do train into `tracking_uri`.
     """
     import mlflow
 
@@ -136,7 +194,17 @@ def train_generated(
     from pipelines.ingest.window_files import write_windows
     from pipelines.train import train_windows
 
+    made: dict[str, Training] = {}
+
     def train(rows: int, seed: int = 7, **options: object) -> Training:
+        name = f"trained-{rows}-{seed}-" + "-".join(f"{k}={v}" for k, v in sorted(options.items()))
+        if name not in made:
+            made[name] = once_per_run(
+                tmp_path_factory, worker_id, name, lambda: make(rows, seed, **options)
+            )
+        return made[name]
+
+    def make(rows: int, seed: int, **options: object) -> Training:
         root = tmp_path_factory.mktemp(f"trained-{rows}")
         transactions, segments = generate_dataset(rows, seed)
         write_windows(transactions, root / "windows", replay=f"generated-{rows}-{seed}")

@@ -5,7 +5,6 @@ the service over it that the other tests compare with (the broker's fixtures: te
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pipelines.service.gate import Gate
 from pipelines.service.ledger import WINDOW_DIGEST_TAG, WINDOW_TAG
 from pipelines.service.loop import Service
 from pipelines.training.fitting import Spec
+from tests.conftest import once_per_run
 
 # The generator gives ~8 customers per 1,000 rows: three windows of a few hundred customers.
 ROWS = 20_000
@@ -75,17 +75,23 @@ def undisturbed(
     stream_dataset: Path,
     spark: SparkSession,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[StreamRun]:
-    """The service run in this process over the replayed stream until window 3 is handled."""
-    root = tmp_path_factory.mktemp("undisturbed")
-    settings = _replayed(kafka_bootstrap, stream_dataset, root)
-    previous = mlflow.get_tracking_uri()
-    try:
-        service = Service(settings, root / "windows", SPEC, Gate.of(SPEC), spark)
-        service.run(until_window=WINDOWS)
-    finally:
-        mlflow.set_tracking_uri(previous)
-    yield StreamRun(settings, root / "windows")
+    worker_id: str,
+) -> StreamRun:
+    """The service run in this process over the replayed stream until window 3 is handled, once
+    per test run (tests/conftest.py's `once_per_run`)."""
+
+    def run() -> StreamRun:
+        root = tmp_path_factory.mktemp("undisturbed")
+        settings = _replayed(kafka_bootstrap, stream_dataset, root)
+        previous = mlflow.get_tracking_uri()
+        try:
+            service = Service(settings, root / "windows", SPEC, Gate.of(SPEC), spark)
+            service.run(until_window=WINDOWS)
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return StreamRun(settings, root / "windows")
+
+    return once_per_run(tmp_path_factory, worker_id, "undisturbed", run)
 
 
 def _replayed(bootstrap: str, dataset: Path, root: Path) -> Settings:
