@@ -1,8 +1,9 @@
 """Fixtures shared by the stages: the Kafka cluster the configuration names, the one
 SparkSession, fresh MLflow stores and trainings of generated data.
 
-The broker address comes from pipelines/config.py, as for every other part of the project:
-KAFKA_BOOTSTRAP_SERVERS, else the local broker on 127.0.0.1:KAFKA_PORT (see infra/kafka_broker.py).
+The cluster's address comes from pipelines/config.py, as for every other part of the project:
+KAFKA_BOOTSTRAP_SERVERS, else the local cluster of KAFKA_BROKERS nodes from 127.0.0.1:KAFKA_PORT on
+(see infra/kafka_broker.py).
 Each stage's own fixtures are in its tests/<stage>/conftest.py. Spark and MLflow are imported
 inside the fixtures, so tests that need neither never load them.
 """
@@ -18,53 +19,74 @@ from typing import TYPE_CHECKING
 import pytest
 
 from infra.errors import BrokerError
-from infra.kafka_broker import Broker, ensure_broker, running_broker, start_broker, stop_broker
-from infra.ports import free_port_pair
-from pipelines.config import PROJECT_ROOT
+from infra.kafka_broker import (
+    KafkaCluster,
+    ensure_cluster,
+    running_cluster,
+    start_cluster,
+    stop_cluster,
+)
+from infra.ports import free_port_pair, free_port_run
+from pipelines.config import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
     from pyspark.sql import SparkSession
 
-    from pipelines.config import Settings
     from pipelines.training.tracking import TrainedWindow
 
-# Where the test session keeps the broker it starts: apart from `make kafka-up`'s .kafka/, so that
-# a broker running from here was started by a test session and is that session's to stop.
+# Where the test session keeps the cluster it starts: apart from `make kafka-up`'s .kafka/, so that
+# a cluster running from here was started by a test session and is that session's to stop.
 SESSION_BROKER_DIR = PROJECT_ROOT / "test-artifacts" / "kafka"
+# Each node of a test's three-node cluster: CI runs Spark beside it on a shared machine.
+CLUSTER_HEAP_OPTS = "-Xmx512m -Xms128m"
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """The configured cluster's bootstrap address, started for this session if need be.
 
-    When the configuration names the local broker and none answers there, one is started from
-    SESSION_BROKER_DIR and stopped when the session ends, so `make test` alone needs nothing
-    started first; a broker someone else started is used and left running. Another cluster
-    (KAFKA_BOOTSTRAP_SERVERS) that does not answer fails loudly: nothing is skipped.
+    When the configuration names the local cluster and none answers there, one is started from
+    SESSION_BROKER_DIR (KAFKA_BROKERS nodes) and stopped when the session ends, so `make test`
+    alone needs nothing started first; a cluster someone else started is used and left running.
+    Another cluster (KAFKA_BOOTSTRAP_SERVERS) that does not answer fails loudly: nothing is
+    skipped.
     """
     try:
-        bootstrap, started = ensure_broker(SESSION_BROKER_DIR)
+        bootstrap, started = ensure_cluster(SESSION_BROKER_DIR)
     except BrokerError as error:
         pytest.fail(f"no Kafka cluster for the tests: {error}", pytrace=False)
     # One left running by a session that was killed is this session's to stop as well.
-    started = started or running_broker(SESSION_BROKER_DIR)
+    started = started or running_cluster(SESSION_BROKER_DIR)
     try:
         yield bootstrap
     finally:
         if started is not None:
-            stop_broker(started.state_dir)
+            stop_cluster(started.state_dir)
 
 
 @pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker of this test's own (free ports, state in tmp_path), for stopping and restarting."""
-    broker = start_broker(free_port_pair(), tmp_path / "kafka")
+def private_broker(tmp_path: Path) -> Iterator[KafkaCluster]:
+    """A one-node cluster of this test's own (free ports, state in tmp_path), for stopping and
+    restarting."""
+    broker = start_cluster(free_port_pair(), tmp_path / "kafka")
     try:
         yield broker
     finally:
-        stop_broker(broker.state_dir)
+        stop_cluster(broker.state_dir)
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
+    """A three-node cluster of this test's own (six free ports, state in tmp_path), for killing a
+    broker of."""
+    settings = replace(Settings.from_env(), kafka_heap_opts=CLUSTER_HEAP_OPTS)
+    cluster = start_cluster(free_port_run(6), tmp_path / "kafka", brokers=3, settings=settings)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster.state_dir)
 
 
 @pytest.fixture
@@ -131,7 +153,7 @@ def train_generated(
     """
     import mlflow
 
-    from pipelines.config import Settings, sqlite_tracking_uri
+    from pipelines.config import sqlite_tracking_uri
     from pipelines.data.generator import generate_dataset
     from pipelines.ingest.window_files import write_windows
     from pipelines.train import train_windows
