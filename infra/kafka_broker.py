@@ -50,7 +50,7 @@ from pipelines.config import PROJECT_ROOT, Settings, kafka_node_port, local_kafk
 
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".kafka"
 # Three JVMs starting at once on a shared 2-core machine take a while; one takes a few seconds.
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 180
 
 
 @dataclass(frozen=True)
