@@ -350,7 +350,7 @@ def ensure_cluster(
             "start it, or unset the variable to run a local cluster"
         )
     port = port or settings.kafka_port
-    brokers = brokers or settings.kafka_brokers
+    brokers = settings.kafka_brokers if brokers is None else brokers
     existing = running_cluster(state_dir)
     if existing is not None and existing.port == port and len(existing.nodes) == brokers:
         pids = ", ".join(str(node.pid) for node in existing.nodes)
