@@ -16,6 +16,10 @@ Configuration comes from pipelines/config.py: ``KAFKA_PORT`` (the first node's p
 ``KAFKA_BROKERS`` (the node count), ``KAFKA_BOOTSTRAP_SERVERS`` (another cluster than the local
 one: ``up`` starts nothing and only checks it answers), ``KAFKA_HOME``, ``JAVA_HOME``,
 ``KAFKA_HEAP_OPTS`` (each node's heap).
+
+About 450 lines on purpose: the lifecycle (start the nodes, wait until they answer, stop exactly
+their PIDs, ``ensure_cluster``) and its CLI read best together; the runtime, the state dir, Java,
+ports and processes are modules of their own.
 """
 
 from __future__ import annotations
@@ -245,11 +249,11 @@ def start_cluster(
     )
 
 
-def _describe(port: int, node_ids: list[int]) -> str:
+def _describe(port: int, ids: list[int]) -> str:
     return ", ".join(
         f"node {i} on {LOOPBACK}:{kafka_node_port(port, i)} "
         f"(controller {kafka_node_port(port, i) + 1})"
-        for i in node_ids
+        for i in ids
     )
 
 
