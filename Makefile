@@ -6,6 +6,11 @@ PY      := $(VENV)/bin/python
 # `mlflow models serve` and `mlflow run` exec tools (uvicorn, python, uv) from PATH: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
+# BROKERS=3 (`make kafka-up BROKERS=3`, `make produce BROKERS=3`, ...): the local Kafka has that many
+# nodes and every client names them all; the same as exporting KAFKA_BROKERS (pipelines/config.py).
+ifdef BROKERS
+export KAFKA_BROKERS := $(BROKERS)
+endif
 
 .PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down generate produce consume \
         train stream evaluate pipeline serve ui test lint bench-stream bench-train bench-serve

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from infra.kafka_broker import DEFAULT_STATE_DIR, running_broker
+from infra.kafka_broker import DEFAULT_STATE_DIR, running_cluster
 from infra.processes import tail_file
 from infra.stages import LOG_DIR, Runner, StageFailed, stage
 from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings, env_or
@@ -166,14 +166,14 @@ def stop_broker() -> None:
 
 def broker(runner: Runner) -> None:
     runner.python("broker", "-m", "infra.kafka_broker", "up")
-    if running_broker(DEFAULT_STATE_DIR) is None:  # a broker started elsewhere answered
+    if running_cluster(DEFAULT_STATE_DIR) is None:  # a broker started elsewhere answered
         BROKER_MARK.unlink(missing_ok=True)
 
 
 def demo(port: int, verbose: bool) -> None:
     settings = Settings.from_env()
     runner = Runner(verbose)
-    started_broker = settings.kafka_is_local and running_broker(DEFAULT_STATE_DIR) is None
+    started_broker = settings.kafka_is_local and running_cluster(DEFAULT_STATE_DIR) is None
     started_server = False
     if started_broker:  # marked first, so a Ctrl-C while it starts still stops it
         BROKER_MARK.parent.mkdir(exist_ok=True)

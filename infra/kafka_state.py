@@ -1,10 +1,14 @@
-"""The local broker's state dir: its generated config, its KRaft storage, its PID file, its logs.
+"""The local Kafka's state dir: the cluster's identity; each node's config, storage, PID, logs.
 
-server.properties   generated on every start
-broker.pid          the JVM's PID while it runs
-data/               KRaft metadata and topic data (formatted once; survives restarts)
-logs/server.log     the broker's log (log4j2, config in infra/kafka/log4j2.yaml)
-logs/broker.out     the JVM's stdout/stderr (start-up failures land here)
+cluster.properties          cluster.id and brokers (the node count), fixed when first formatted
+node-<i>/server.properties  node i's config, generated on every start
+node-<i>/broker.pid         its JVM's PID while it runs
+node-<i>/data/              its KRaft metadata and topic data (formatted once; survives restarts)
+node-<i>/logs/server.log    its log (log4j2, config in infra/kafka/log4j2.yaml)
+node-<i>/logs/broker.out    its JVM's stdout/stderr (start-up failures land here)
+
+Every node is a combined broker and KRaft controller, and every controller is a voter of a static
+quorum: a cluster of three keeps its metadata quorum (two of three) when one node dies.
 """
 
 from __future__ import annotations
@@ -13,63 +17,98 @@ import base64
 import re
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.errors import BrokerError
 from infra.ports import LOOPBACK
 from infra.processes import tail_file, tail_text
+from pipelines.config import kafka_node_port
+from pipelines.ingest.replication import replication
+
+CLUSTER_FILE = "cluster.properties"
 
 
-def pid_file(state_dir: Path) -> Path:
-    return state_dir / "broker.pid"
+def node_dir(state_dir: Path, node_id: int) -> Path:
+    return state_dir / f"node-{node_id}"
 
 
-def properties_file(state_dir: Path) -> Path:
-    return state_dir / "server.properties"
+def node_ids(state_dir: Path) -> list[int]:
+    """The nodes that have a directory under ``state_dir``, in order."""
+    found = (re.fullmatch(r"node-(\d+)", path.name) for path in state_dir.glob("node-*"))
+    return sorted(int(match.group(1)) for match in found if match)
 
 
-def write_server_properties(state_dir: Path, port: int) -> Path:
-    """Write a single-node KRaft config (broker and controller in one JVM) for a laptop."""
-    controller_port = port + 1
+def pid_file(node: Path) -> Path:
+    return node / "broker.pid"
+
+
+def properties_file(node: Path) -> Path:
+    return node / "server.properties"
+
+
+def write_server_properties(state_dir: Path, node_id: int, port: int, brokers: int) -> Path:
+    """Write node ``node_id``'s config for a cluster of ``brokers`` nodes whose first node listens
+    on ``port``: broker and controller in one JVM, for a laptop."""
+    client = kafka_node_port(port, node_id)
+    voters = ",".join(
+        f"{voter}@{LOOPBACK}:{kafka_node_port(port, voter) + 1}" for voter in range(1, brokers + 1)
+    )
+    replicas, min_insync = replication(brokers)
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{LOOPBACK}:{controller_port}",
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://{LOOPBACK}:{client},CONTROLLER://{LOOPBACK}:{client + 1}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{client}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "log.dirs": str(state_dir / "data"),
+        "log.dirs": str(node_dir(state_dir, node_id) / "data"),
         "num.partitions": "3",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
         "auto.create.topics.enable": "true",
-        # One broker: every internal topic can only have one replica.
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        # Every topic, the internal ones included, as replicated as the cluster allows
+        # (pipelines/ingest/replication.py): a topic a consumer auto-creates gets what the
+        # producer would have given it.
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(min_insync),
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min_insync),
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": str(min_insync),
+        # A laptop's handful of consumer groups: 5 offsets partitions, not 50, each replicated.
+        "offsets.topic.num.partitions": "5",
         # Consumer groups form at once instead of waiting 3 s for more members.
         "group.initial.rebalance.delay.ms": "0",
         "log.retention.hours": "168",
     }
-    path = properties_file(state_dir)
+    path = properties_file(node_dir(state_dir, node_id))
     lines = ["# Generated by infra/kafka_state.py on every start; edits are overwritten."]
     lines += [f"{key}={value}" for key, value in settings.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def read_port(state_dir: Path) -> int | None:
-    """The client port in the state dir's generated server.properties, if any."""
+def read_port(node: Path) -> int | None:
+    """The client port in a node's generated server.properties, if any."""
     try:
-        text = properties_file(state_dir).read_text()
+        text = properties_file(node).read_text()
     except FileNotFoundError:
         return None
     match = re.search(r"^advertised\.listeners=PLAINTEXT://[^:]+:(\d+)", text, re.MULTILINE)
     return int(match.group(1)) if match else None
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def formatted_brokers(state_dir: Path) -> int | None:
+    """How many nodes the cluster in ``state_dir`` was formatted for; None if never formatted."""
+    path = state_dir / CLUSTER_FILE
+    return int(_read_properties(path)["brokers"]) if path.exists() else None
 
 
 def _random_cluster_id() -> str:
@@ -80,27 +119,65 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
-def format_storage(java_command: list[str], state_dir: Path, properties: Path) -> None:
-    """Format the KRaft storage once (``java_command``: Kafka's classpath, no main class yet);
-    ``data/meta.properties`` marks a formatted dir."""
-    if (state_dir / "data" / "meta.properties").exists():
+def _cluster_id(state_dir: Path, brokers: int) -> str:
+    """The cluster's id, chosen and written down with its size the first time."""
+    path = state_dir / CLUSTER_FILE
+    if path.exists():
+        return _read_properties(path)["cluster.id"]
+    cluster_id = _random_cluster_id()
+    path.write_text(f"cluster.id={cluster_id}\nbrokers={brokers}\n")
+    return cluster_id
+
+
+def check_size(state_dir: Path, brokers: int) -> None:
+    """Refuse to start a cluster of another size than its storage was formatted for: a static
+    KRaft quorum cannot grow or shrink."""
+    formatted = formatted_brokers(state_dir)
+    if formatted is not None and formatted != brokers:
+        raise BrokerError(
+            f"{state_dir} holds a {formatted}-node Kafka cluster, not a {brokers}-node one: start "
+            f"it with --brokers {formatted} (KAFKA_BROKERS={formatted}), or delete {state_dir} "
+            f"(make clean) for an empty {brokers}-node cluster"
+        )
+
+
+def format_storage(
+    java_command: Callable[[Path], list[str]], state_dir: Path, brokers: int
+) -> None:
+    """Format the KRaft storage of every node not formatted yet, all with the cluster's id and in
+    parallel (one JVM each); ``data/meta.properties`` marks a formatted node. ``java_command``:
+    Kafka's command line without a main class, logging into the logs dir it is given; each node's
+    server.properties must be written."""
+    nodes = [node_dir(state_dir, i) for i in range(1, brokers + 1)]
+    nodes = [node for node in nodes if not (node / "data" / "meta.properties").exists()]
+    if not nodes:
         return
-    print(f"formatting KRaft storage in {state_dir / 'data'} ...", flush=True)
-    format_args = ["kafka.tools.StorageTool", "format", "-t", _random_cluster_id()]
-    result = subprocess.run(
-        [*java_command, *format_args, "-c", str(properties)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        output = tail_text(result.stdout + result.stderr, 30)
-        raise BrokerError(f"formatting Kafka storage failed (exit {result.returncode}):\n{output}")
+    print(f"formatting KRaft storage of {len(nodes)} node(s) in {state_dir} ...", flush=True)
+    format_args = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(state_dir, brokers)]
+    formats = [
+        subprocess.Popen(
+            [*java_command(node / "logs"), *format_args, "-c", str(properties_file(node))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in nodes
+    ]
+    failures = []
+    for node, process in zip(nodes, formats, strict=True):
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            failures.append(f"{node.name} (exit {process.returncode}):\n{tail_text(output, 30)}")
+    if failures:
+        raise BrokerError("formatting Kafka storage failed for " + "\n".join(failures))
 
 
-def log_tail(state_dir: Path, lines: int = 40) -> str:
-    """The end of the JVM output and of the broker log, for error messages."""
+def log_tail(node: Path, lines: int = 40) -> str:
+    """The end of a node's JVM output and of its log, for error messages."""
     parts = []
     for name in ("broker.out", "server.log"):
-        path = state_dir / "logs" / name
+        path = node / "logs" / name
         tail = tail_file(path, lines)
         if tail:
             parts.append(f"--- last lines of {path} ---\n{tail}")
-    return "\n".join(parts) or f"(no output in {state_dir / 'logs'})"
+    return "\n".join(parts) or f"(no output in {node / 'logs'})"

@@ -34,13 +34,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def free_port_pair() -> int:
-    """A free port P with P+1 free too: room for a private broker and its controller (tests)."""
+def free_port_run(count: int) -> int:
+    """A free port P with P+1 .. P+count-1 free too: room for a private Kafka cluster, two ports
+    per node (tests)."""
     for _ in range(50):
         port = free_port()
-        if port < 65535 and not port_in_use(port + 1):
+        if port + count - 1 <= 65535 and not any(port_in_use(port + i) for i in range(1, count)):
             return port
-    raise BrokerError(f"found no two consecutive free ports on {LOOPBACK}")
+    raise BrokerError(f"found no {count} consecutive free ports on {LOOPBACK}")
+
+
+def free_port_pair() -> int:
+    """A free port P with P+1 free too: room for a private broker and its controller (tests)."""
+    return free_port_run(2)
 
 
 def accepts_tcp(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -18,15 +18,37 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # How many windows a replay is cut into, and so how many models a training registers (model1..3).
 DEFAULT_WINDOWS = 3
-# The local broker of `make kafka-up` listens on 127.0.0.1 only, on this port (controller: +1).
+# The local Kafka of `make kafka-up` listens on 127.0.0.1 only. Node i (1, 2, ...) of it takes
+# two ports from KAFKA_PORT on: clients on KAFKA_PORT + 2(i - 1), its controller one above, so a
+# one-node cluster is 9092/9093 and a three-node one 9092..9097.
 LOCAL_HOST = "127.0.0.1"
 DEFAULT_KAFKA_PORT = 9092
+
+
+def kafka_node_port(port: int, node_id: int) -> int:
+    """The client port of node `node_id` of the local cluster whose first node listens on `port`."""
+    return port + 2 * (node_id - 1)
+
+
+def local_kafka_bootstrap(port: int, brokers: int) -> str:
+    """Every node of the local cluster, as clients name them: a client that knows only a dead
+    node could not start."""
+    nodes = range(1, brokers + 1)
+    return ",".join(f"{LOCAL_HOST}:{kafka_node_port(port, node)}" for node in nodes)
 
 
 def env_or(name: str, default: str) -> str:
     """The variable's value, or `default` when it is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def _count(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment, or `default`; anything else is refused by name."""
+    value = env_or(name, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
+    return int(value)
 
 
 def _path_or_none(name: str) -> Path | None:
@@ -36,7 +58,7 @@ def _path_or_none(name: str) -> Path | None:
 
 @dataclass(frozen=True)
 class Settings:
-    kafka_bootstrap_servers: str = f"{LOCAL_HOST}:{DEFAULT_KAFKA_PORT}"
+    kafka_bootstrap_servers: str = local_kafka_bootstrap(DEFAULT_KAFKA_PORT, 1)
     kafka_topic: str = "retail-transactions"
     kafka_group: str = "segmentation-windows"
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
@@ -44,8 +66,9 @@ class Settings:
     model_name: str = "customer-segmentation"
     experiment_name: str = "customer-segmentation"
     data_dir: Path = field(default=PROJECT_ROOT / "data")
-    # The local broker (infra/kafka_broker.py): its port, where its jars come from, its heap.
+    # The local Kafka (infra/kafka_broker.py): first port, node count, jars, each node's heap.
     kafka_port: int = DEFAULT_KAFKA_PORT
+    kafka_brokers: int = 1
     kafka_home: Path | None = None  # an unpacked Kafka distribution; None: fetch through Maven
     kafka_heap_opts: str = "-Xmx1g -Xms256m"
     java_home: Path | None = None  # None: `java` on PATH
@@ -61,8 +84,8 @@ class Settings:
 
     @property
     def local_kafka(self) -> str:
-        """The address of the local broker `make kafka-up` (and `make test`) may start."""
-        return f"{LOCAL_HOST}:{self.kafka_port}"
+        """The nodes of the local cluster `make kafka-up` (and `make test`) may start."""
+        return local_kafka_bootstrap(self.kafka_port, self.kafka_brokers)
 
     @property
     def kafka_is_local(self) -> bool:
@@ -71,10 +94,12 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        kafka_port = int(env_or("KAFKA_PORT", str(cls.kafka_port)))
+        kafka_port = _count("KAFKA_PORT", cls.kafka_port)
+        kafka_brokers = _count("KAFKA_BROKERS", cls.kafka_brokers)
+        local = local_kafka_bootstrap(kafka_port, kafka_brokers)
         return cls(
-            # Unset, it is the local broker of `make kafka-up`, on KAFKA_PORT when that is set.
-            kafka_bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", f"{LOCAL_HOST}:{kafka_port}"),
+            # Unset, it is the local cluster of `make kafka-up`: its nodes from KAFKA_PORT on.
+            kafka_bootstrap_servers=env_or("KAFKA_BOOTSTRAP_SERVERS", local),
             kafka_topic=env_or("KAFKA_TOPIC", cls.kafka_topic),
             kafka_group=env_or("KAFKA_GROUP", cls.kafka_group),
             mlflow_tracking_uri=env_or("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
@@ -83,6 +108,7 @@ class Settings:
             experiment_name=env_or("MLFLOW_EXPERIMENT_NAME", cls.experiment_name),
             data_dir=Path(env_or("DATA_DIR", str(PROJECT_ROOT / "data"))),
             kafka_port=kafka_port,
+            kafka_brokers=kafka_brokers,
             kafka_home=_path_or_none("KAFKA_HOME"),
             kafka_heap_opts=env_or("KAFKA_HEAP_OPTS", cls.kafka_heap_opts),
             java_home=_path_or_none("JAVA_HOME"),

@@ -1,8 +1,9 @@
 """Fixtures shared by the stages: the Kafka cluster the configuration names, the one
 SparkSession, fresh MLflow stores and trainings of generated data.
 
-The broker address comes from pipelines/config.py, as for every other part of the project:
-KAFKA_BOOTSTRAP_SERVERS, else the local broker on 127.0.0.1:KAFKA_PORT (see infra/kafka_broker.py).
+The cluster's address comes from pipelines/config.py, as for every other part of the project:
+KAFKA_BOOTSTRAP_SERVERS, else the local cluster of KAFKA_BROKERS nodes from 127.0.0.1:KAFKA_PORT on
+(see infra/kafka_broker.py).
 Each stage's own fixtures are in its tests/<stage>/conftest.py. Spark and MLflow are imported
 inside the fixtures, so tests that need neither never load them.
 
@@ -27,21 +28,27 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 
 from infra.errors import BrokerError
-from infra.kafka_broker import Broker, ensure_broker, running_broker, start_broker, stop_broker
-from infra.ports import free_port_pair
-from pipelines.config import PROJECT_ROOT
+from infra.kafka_broker import (
+    KafkaCluster,
+    ensure_cluster,
+    start_cluster,
+    stop_cluster,
+)
+from infra.ports import free_port_pair, free_port_run
+from pipelines.config import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
     from pyspark.sql import SparkSession
 
-    from pipelines.config import Settings
     from pipelines.training.tracking import TrainedWindow
 
-# Where the test session keeps the broker it starts: apart from `make kafka-up`'s .kafka/, so that
-# a broker running from here was started by a test session and is that session's to stop.
+# Where the test session keeps the cluster it starts: apart from `make kafka-up`'s .kafka/, so that
+# a cluster running from here was started by a test session and is that session's to stop.
 SESSION_BROKER_DIR = PROJECT_ROOT / "test-artifacts" / "kafka"
+# Each node of a test's three-node cluster: CI runs Spark beside it on a shared machine.
+CLUSTER_HEAP_OPTS = "-Xmx512m -Xms128m"
 
 # An xdist worker's __main__ (execnet's) has neither __spec__ nor __file__, which pyspark's
 # Connect module (imported by mlflow.spark.log_model) takes for its doctest runner, and exits.
@@ -85,44 +92,57 @@ def once_per_run(
 def kafka_bootstrap(worker_id: str) -> Iterator[str]:
     """The configured cluster's bootstrap address, started for this run if need be.
 
-    When the configuration names the local broker and none answers there, one is started from
-    SESSION_BROKER_DIR and stopped when the run ends (by the xdist controller, once every worker
-    is done: `pytest_unconfigure`), so `make test` alone needs nothing started first; a broker
-    someone else started is used and left running. Another cluster (KAFKA_BOOTSTRAP_SERVERS) that
-    does not answer fails loudly: nothing is skipped.
+    When the configuration names the local cluster and none answers there, one is started from
+    SESSION_BROKER_DIR (KAFKA_BROKERS nodes) and stopped when the run ends (by the xdist
+    controller, once every worker is done: `pytest_unconfigure`), so `make test` alone needs
+    nothing started first; a cluster someone else started is used and left running. Another
+    cluster (KAFKA_BOOTSTRAP_SERVERS) that does not answer fails loudly: nothing is skipped.
     """
     try:
         with _locked(SESSION_BROKER_DIR.with_suffix(".lock")):
-            bootstrap, _ = ensure_broker(SESSION_BROKER_DIR)
+            bootstrap, _ = ensure_cluster(SESSION_BROKER_DIR)
     except BrokerError as error:
         pytest.fail(f"no Kafka cluster for the tests: {error}", pytrace=False)
     try:
         yield bootstrap
     finally:
         if worker_id == "master":
-            _stop_session_broker()
+            _stop_session_cluster()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _is_xdist_controller(config):
-        _stop_session_broker()
+        _stop_session_cluster()
 
 
-def _stop_session_broker() -> None:
-    """The broker running from SESSION_BROKER_DIR, if any, is a test run's: this one started it,
-    or one that was killed left it."""
-    if running_broker(SESSION_BROKER_DIR) is not None:
-        stop_broker(SESSION_BROKER_DIR)
+def _stop_session_cluster() -> None:
+    """A node running from SESSION_BROKER_DIR, if any, is a test run's: this one started it, or
+    one that was killed left it."""
+    if SESSION_BROKER_DIR.exists():
+        stop_cluster(SESSION_BROKER_DIR)
 
 
 @pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker of this test's own (free ports, state in tmp_path), for stopping and restarting."""
-    broker = start_broker(free_port_pair(), tmp_path / "kafka")
+def private_broker(tmp_path: Path) -> Iterator[KafkaCluster]:
+    """A one-node cluster of this test's own (free ports, state in tmp_path), for stopping and
+    restarting."""
+    broker = start_cluster(free_port_pair(), tmp_path / "kafka")
     try:
         yield broker
     finally:
-        stop_broker(broker.state_dir)
+        stop_cluster(broker.state_dir)
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
+    """A three-node cluster of this test's own (six free ports, state in tmp_path), for killing a
+    broker of."""
+    settings = replace(Settings.from_env(), kafka_heap_opts=CLUSTER_HEAP_OPTS)
+    cluster = start_cluster(free_port_run(6), tmp_path / "kafka", brokers=3, settings=settings)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster.state_dir)
 
 
 @pytest.fixture
@@ -189,7 +209,7 @@ def train_generated(
     """
     import mlflow
 
-    from pipelines.config import Settings, sqlite_tracking_uri
+    from pipelines.config import sqlite_tracking_uri
     from pipelines.data.generator import generate_dataset
     from pipelines.ingest.window_files import write_windows
     from pipelines.train import train_windows

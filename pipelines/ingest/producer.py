@@ -4,8 +4,10 @@
     python -m pipelines.produce --input data/online_retail.csv --speedup 60000  # a live source
 
 Delivery is idempotent and durable (acks=all, retries until `delivery_timeout_ms`), so a broker
-restart mid-replay neither loses nor duplicates a message. When the replay ends, an end-of-replay
-marker goes to every partition (see pipelines/messages.py).
+restart mid-replay neither loses nor duplicates a message. On a cluster of three brokers or more
+the topic has three replicas and `min.insync.replicas=2` (pipelines/ingest/replication.py): an
+acknowledged message is on two brokers at least, and losing one broker stops nothing. When the
+replay ends, an end-of-replay marker goes to every partition (see pipelines/messages.py).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from tqdm import tqdm
 
 from pipelines.config import Settings
 from pipelines.data.load import load_transactions
 from pipelines.ingest.messages import HEADER_FIELDS, encode_end, encode_invoice, invoice_starts
+from pipelines.ingest.replication import replication
 
 PRODUCER_CONFIG = {
     "acks": "all",
@@ -60,10 +62,18 @@ class ReplaySummary:
 
 
 def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
-    """Create the topic with `partitions` partitions unless it exists (then it is left as is)."""
+    """Create the topic with `partitions` partitions, replicated as the live brokers allow
+    (`replication`), unless it exists (then it is left as is)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="retail-producer")
     try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
+        described = admin.describe_cluster()["brokers"]
+        replicas, min_insync = replication(sum(not b.get("is_fenced") for b in described))
+        options = {
+            "num_partitions": partitions,
+            "replication_factor": replicas,
+            "configs": {"min.insync.replicas": str(min_insync)},
+        }
+        admin.create_topics({topic: options})
     except TopicAlreadyExistsError:
         pass
     finally:

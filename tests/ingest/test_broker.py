@@ -1,6 +1,6 @@
-"""The local broker of infra/kafka_broker.py: it serves, stops cleanly and keeps its data; `up`
-(and the test session) start one only where the configuration names the local broker and none
-answers."""
+"""The local Kafka of infra/kafka_broker.py: it serves, stops cleanly and keeps its data; `up`
+(and the test session) start one only where the configuration names the local cluster and none
+answers. (A three-node cluster losing a broker mid-stream: tests/ingest/test_stream.py.)"""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from infra.errors import BrokerError
 from infra.java import java_major
 from infra.kafka_broker import (
-    Broker,
-    ensure_broker,
+    KafkaCluster,
+    ensure_cluster,
     main,
-    running_broker,
-    start_broker,
-    stop_broker,
+    running_cluster,
+    start_cluster,
+    stop_cluster,
 )
 from infra.kafka_runtime import fetch_runtime
 from infra.ports import free_port_pair, port_in_use
@@ -70,57 +70,69 @@ def process_gone(pid: int) -> bool:
     return False
 
 
-def test_serves_stops_and_keeps_messages_across_restart(private_broker: Broker, unique_topic):
+def test_serves_stops_and_keeps_messages_across_restart(private_broker: KafkaCluster, unique_topic):
+    (node,) = private_broker.nodes
+    node_dir = private_broker.state_dir / "node-1"
     topic = unique_topic("broker")
     values = [f"message-{i}".encode() for i in range(5)]
     produce(private_broker.bootstrap, topic, values)
     assert consume_all(private_broker.bootstrap, topic, len(values)) == values
     # The JVM's own output stays empty: in particular no SLF4J "no binding" warning, which would
     # mean the broker logs nowhere (see the logging binding in infra/kafka/pom.xml).
-    assert (private_broker.state_dir / "logs" / "broker.out").read_text() == ""
-    assert "Kafka Server started" in (private_broker.state_dir / "logs" / "server.log").read_text()
+    assert (node_dir / "logs" / "broker.out").read_text() == ""
+    assert "Kafka Server started" in (node_dir / "logs" / "server.log").read_text()
 
-    assert stop_broker(private_broker.state_dir) is True
-    assert process_gone(private_broker.pid)
-    assert not (private_broker.state_dir / "broker.pid").exists()
+    assert stop_cluster(private_broker.state_dir) is True
+    assert process_gone(node.pid)
+    assert not (node_dir / "broker.pid").exists()
     assert not port_in_use(private_broker.port)
     assert not port_in_use(private_broker.port + 1)
 
-    restarted = start_broker(private_broker.port, private_broker.state_dir)
-    assert restarted.pid != private_broker.pid
+    # Its storage belongs to a one-node cluster: three nodes from it are refused, by name.
+    with pytest.raises(BrokerError, match="holds a 1-node Kafka cluster, not a 3-node one"):
+        start_cluster(private_broker.port, private_broker.state_dir, brokers=3)
+
+    restarted = start_cluster(private_broker.port, private_broker.state_dir)
+    assert restarted.nodes[0].pid != node.pid
     assert consume_all(restarted.bootstrap, topic, len(values)) == values
 
 
-def test_up_is_idempotent(private_broker: Broker, monkeypatch, capsys):
+def test_up_is_idempotent(private_broker: KafkaCluster, monkeypatch, capsys):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("KAFKA_BROKERS", raising=False)
     args = ["up", "--port", str(private_broker.port), "--state-dir", str(private_broker.state_dir)]
+    (node,) = private_broker.nodes
 
     assert main(args) == 0
-    assert f"already running at {private_broker.bootstrap} (pid {private_broker.pid})" in (
+    assert f"already running at {private_broker.bootstrap} (pid {node.pid})" in (
         capsys.readouterr().out
     )
-    assert start_broker(private_broker.port, private_broker.state_dir) == private_broker
-    pid_file = private_broker.state_dir / "broker.pid"
-    assert pid_file.read_text().strip() == str(private_broker.pid)
+    assert start_cluster(private_broker.port, private_broker.state_dir) == private_broker
+    pid_file = private_broker.state_dir / "node-1" / "broker.pid"
+    assert pid_file.read_text().strip() == str(node.pid)
     assert main(["status", "--state-dir", str(private_broker.state_dir)]) == 0
 
 
-def test_up_with_external_cluster_starts_nothing(private_broker: Broker, tmp_path, monkeypatch):
+def test_up_with_external_cluster_starts_nothing(
+    private_broker: KafkaCluster, tmp_path, monkeypatch
+):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", private_broker.bootstrap)
     assert main(["up", "--port", str(free_port_pair()), "--state-dir", str(tmp_path / "x")]) == 0
-    assert not (tmp_path / "x" / "broker.pid").exists()
+    assert not (tmp_path / "x").exists()
 
 
 def test_stop_when_not_running_is_a_noop(tmp_path: Path, capsys):
-    assert stop_broker(tmp_path) is False
-    assert "no broker running" in capsys.readouterr().out
+    assert stop_cluster(tmp_path) is False
+    assert "no Kafka node running" in capsys.readouterr().out
 
-    # A stale pid file naming a live process that is not this state dir's broker (this very
+    # A stale pid file naming a live process that is not this state dir's node (this very
     # pytest process): it must not be signalled, and the stale file goes away.
-    (tmp_path / "broker.pid").write_text(f"{os.getpid()}\n")
-    assert stop_broker(tmp_path) is False
+    pid_file = tmp_path / "node-1" / "broker.pid"
+    pid_file.parent.mkdir()
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert stop_cluster(tmp_path) is False
     assert "stale pid file" in capsys.readouterr().out
-    assert not (tmp_path / "broker.pid").exists()
+    assert not pid_file.exists()
 
 
 def test_port_taken_by_something_else_is_named(tmp_path: Path):
@@ -129,7 +141,7 @@ def test_port_taken_by_something_else_is_named(tmp_path: Path):
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         with pytest.raises(BrokerError, match=f"port {port} .* already in use"):
-            start_broker(port, tmp_path)
+            start_cluster(port, tmp_path)
 
 
 def test_kafka_home_without_libs_is_a_clear_error(tmp_path: Path, monkeypatch, capsys):
@@ -146,19 +158,19 @@ def test_kafka_home_without_libs_is_a_clear_error(tmp_path: Path, monkeypatch, c
 def test_ensure_starts_a_broker_only_where_none_answers(tmp_path: Path, capsys):
     port = free_port_pair()
     settings = Settings(kafka_port=port, kafka_bootstrap_servers=f"127.0.0.1:{port}")
-    bootstrap, started = ensure_broker(tmp_path / "first", settings=settings)
+    bootstrap, started = ensure_cluster(tmp_path / "first", settings=settings)
     try:
         assert started is not None and bootstrap == started.bootstrap == f"127.0.0.1:{port}"
-        assert running_broker(tmp_path / "first") == started
+        assert running_cluster(tmp_path / "first") == started
 
         # Again from the same state dir: that broker, nothing new to stop later.
-        assert ensure_broker(tmp_path / "first", settings=settings) == (bootstrap, None)
+        assert ensure_cluster(tmp_path / "first", settings=settings) == (bootstrap, None)
         # From another state dir: the broker answering there is used, nothing is started.
-        assert ensure_broker(tmp_path / "second", settings=settings) == (bootstrap, None)
+        assert ensure_cluster(tmp_path / "second", settings=settings) == (bootstrap, None)
         assert "started elsewhere answers" in capsys.readouterr().out
-        assert not (tmp_path / "second" / "broker.pid").exists()
+        assert not (tmp_path / "second").exists()
     finally:
-        stop_broker(tmp_path / "first")
+        stop_cluster(tmp_path / "first")
 
 
 def test_ensure_never_starts_a_broker_for_another_cluster(tmp_path: Path):
@@ -167,8 +179,8 @@ def test_ensure_never_starts_a_broker_for_another_cluster(tmp_path: Path):
     assert not settings.kafka_is_local
 
     with pytest.raises(BrokerError, match=f"KAFKA_BOOTSTRAP_SERVERS={unanswered} is set but"):
-        ensure_broker(tmp_path, settings=settings)
-    assert not (tmp_path / "broker.pid").exists()
+        ensure_cluster(tmp_path, settings=settings)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -13,19 +13,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource
 
-from infra.kafka_broker import start_broker, stop_broker
+from infra.kafka_broker import start_cluster, stop_cluster
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.data.load import load_transactions
 from pipelines.ingest.consumer import DEAD_LETTERS, consume
 from pipelines.ingest.messages import invoice_starts
 from pipelines.ingest.producer import ensure_topic, replay
+from pipelines.ingest.replication import replication
 from pipelines.ingest.window_files import (
     combine_digests,
     read_manifests,
@@ -288,14 +290,89 @@ def test_broker_restarted_mid_stream_loses_and_duplicates_nothing(
     producer = _producer(dataset, topic, rate=8_000, bootstrap=bootstrap)
     consumer = _consumer(topic, tmp_path / "windows", f"{topic}-windows", bootstrap)
     _wait_until_topic_holds(bootstrap, topic, messages=600)  # a fifth of the stream is through
-    stop_broker(private_broker.state_dir)
+    stop_cluster(private_broker.state_dir)
     time.sleep(3)
-    start_broker(port, private_broker.state_dir)
+    start_cluster(port, private_broker.state_dir)
 
     output = _finish(producer)
     assert f"{ROWS:,} rows" in output
     _finish(consumer)
     _assert_windows_hold_exactly(tmp_path / "windows", input_digest, ROWS)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Where a topic's partitions live: leader, replicas and in-sync replicas of each."""
+
+    leaders: dict[int, int]
+    replicas: dict[int, set[int]]
+    in_sync: dict[int, set[int]]
+    min_insync: int
+
+
+def _replicas(bootstrap: str, topic: str) -> Replicas:
+    with KafkaAdminClient(bootstrap_servers=bootstrap) as admin:
+        (described,) = admin.describe_topics([topic])
+        configs = admin.describe_configs([ConfigResource("topic", topic)], config_filter="all")
+    partitions = described["partitions"]
+    return Replicas(
+        leaders={p["partition_index"]: p["leader_id"] for p in partitions},
+        replicas={p["partition_index"]: set(p["replica_nodes"]) for p in partitions},
+        in_sync={p["partition_index"]: set(p["isr_nodes"]) for p in partitions},
+        min_insync=int(configs["topic"][topic]["min.insync.replicas"]["value"]),
+    )
+
+
+def test_the_topic_is_replicated_as_the_cluster_allows(kafka_bootstrap, unique_topic):
+    """One broker: one replica (the session's cluster, as `make test` starts it); three brokers
+    or more: three, and acks=all waits for two (the test below)."""
+    topic = unique_topic("retail")
+    ensure_topic(kafka_bootstrap, topic, partitions=3)
+    with KafkaAdminClient(bootstrap_servers=kafka_bootstrap) as admin:
+        brokers = sum(not b.get("is_fenced") for b in admin.describe_cluster()["brokers"])
+    replicas, min_insync = replication(brokers)
+
+    placed = _replicas(kafka_bootstrap, topic)
+    assert {len(nodes) for nodes in placed.replicas.values()} == {replicas}
+    assert placed.min_insync == min_insync
+    assert [replication(n) for n in (1, 2, 3, 5)] == [(1, 1), (2, 1), (3, 2), (3, 2)]
+
+
+@pytest.mark.slow  # three JVMs to start: 65 s of setup on the shared 2-core machine at load 19
+def test_a_broker_of_three_killed_mid_replay_stops_nothing_and_changes_no_window(
+    dataset, private_cluster, unique_topic, tmp_path
+):
+    """SIGKILL the broker leading partition 0 while the producer and the consumer run. With three
+    replicas and min.insync.replicas=2, acks=all goes on with the two left; neither process is
+    restarted, and the windows are the ones an undisturbed cut of the same file gives."""
+    topic, bootstrap = unique_topic("retail"), private_cluster.bootstrap
+    producer = _producer(dataset, topic, rate=8_000, bootstrap=bootstrap)
+    consumer = _consumer(topic, tmp_path / "windows", f"{topic}-windows", bootstrap)
+    _wait_until_topic_holds(bootstrap, topic, messages=1)
+    before = _replicas(bootstrap, topic)
+    assert set(map(frozenset, before.replicas.values())) == {frozenset({1, 2, 3})}
+    assert before.min_insync == 2
+    victim = next(node for node in private_cluster.nodes if node.node_id == before.leaders[0])
+    _wait_until_topic_holds(bootstrap, topic, messages=600)  # a fifth of the stream is through
+    os.kill(victim.pid, signal.SIGKILL)
+    assert producer.poll() is None, "the replay had ended before the broker was killed"
+
+    output = _finish(producer)
+    assert f"{ROWS:,} rows" in output
+    _finish(consumer)
+    # Every partition the dead broker led has another leader; the two left are in sync.
+    after = _replicas(bootstrap, topic)
+    survivors = {node.node_id for node in private_cluster.nodes} - {victim.node_id}
+    assert victim.node_id not in after.leaders.values()
+    assert set(map(frozenset, after.in_sync.values())) == {frozenset(survivors)}
+
+    windows = read_manifests(tmp_path / "windows")
+    undisturbed = write_windows(load_transactions(dataset).frame, tmp_path / "undisturbed")
+    assert [(m.window, m.rows, m.digest) for m in windows] == [
+        (m.window, m.rows, m.digest) for m in undisturbed
+    ]
+    for manifest in windows:  # each manifest describes its own file
+        assert rows_digest(read_window(tmp_path / "windows", manifest.window)) == manifest.digest
 
 
 HEADER = (

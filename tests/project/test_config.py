@@ -20,6 +20,24 @@ def test_kafka_port_moves_the_local_broker_and_its_clients(monkeypatch) -> None:
     assert settings.kafka_is_local
 
 
+def test_kafka_brokers_names_every_node_of_the_local_cluster(monkeypatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("KAFKA_PORT", "9192")
+    monkeypatch.setenv("KAFKA_BROKERS", "3")
+    settings = Settings.from_env()
+
+    nodes = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
+    assert (settings.kafka_brokers, settings.kafka_bootstrap_servers) == (3, nodes)
+    assert settings.kafka_is_local
+
+
+@pytest.mark.parametrize("value", ["0", "three", "-1", "2.5"])
+def test_a_bad_count_is_refused_by_name(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("KAFKA_BROKERS", value)
+    with pytest.raises(ValueError, match=f"KAFKA_BROKERS='{value}': expected a whole number >= 1"):
+        Settings.from_env()
+
+
 def test_another_cluster_is_not_the_local_broker(monkeypatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker1:9092,broker2:9092")
     monkeypatch.delenv("KAFKA_PORT", raising=False)
@@ -29,7 +47,9 @@ def test_another_cluster_is_not_the_local_broker(monkeypatch) -> None:
     assert not settings.kafka_is_local
 
 
-@pytest.mark.parametrize("name", ["KAFKA_HOME", "JAVA_HOME", "KAFKA_HEAP_OPTS", "KAFKA_PORT"])
+@pytest.mark.parametrize(
+    "name", ["KAFKA_HOME", "JAVA_HOME", "KAFKA_HEAP_OPTS", "KAFKA_PORT", "KAFKA_BROKERS"]
+)
 def test_blank_means_unset(monkeypatch, name: str) -> None:
     monkeypatch.setenv(name, "  ")
     field = name.lower()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from infra.kafka_broker import cluster_answers, running_broker
+from infra.kafka_broker import cluster_answers, running_cluster
 from infra.ports import free_port, free_port_pair
 from pipelines.config import PROJECT_ROOT
 from pipelines.contract import EXAMPLE_RECORD
@@ -148,7 +148,7 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
     try:
         first = _make(clone, "demo", env, log)
         assert first.count("    done in ") == 7, "every stage reports its duration"
-        assert f"starting Kafka broker on 127.0.0.1:{kafka_port}" in first
+        assert f"starting Kafka: node 1 on 127.0.0.1:{kafka_port}" in first
         assert _answered_versions(first) == {"model1": 1, "model2": 2, "model3": 3}, first[-3000:]
         assert [noise for noise in NOISE if noise in first] == [], first
         assert "Successfully installed" in (clone / "logs" / "install.log").read_text()
@@ -173,7 +173,7 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
         _make(clone, "stop", env, log)
         with pytest.raises(requests.ConnectionError):
             _ask(serving_port, "model1")
-        assert running_broker(clone / ".kafka") is None
+        assert running_cluster(clone / ".kafka") is None
         assert not cluster_answers(f"127.0.0.1:{kafka_port}", timeout=2)
         assert _wait_until_gone(clone) == []
 
@@ -181,7 +181,7 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
         third = _interrupt_demo(clone, env, "==> train and register", log)
         assert "interrupted: stopping what this run started" in third, third[-3000:]
         assert "Traceback" not in third, third[-3000:]
-        assert running_broker(clone / ".kafka") is None
+        assert running_cluster(clone / ".kafka") is None
         assert _wait_until_gone(clone) == []
     finally:
         # Whatever failed above, stop what the clone started (each by its own PID file).
