@@ -96,10 +96,10 @@ def _as_server_user() -> dict[str, Any]:
 
 
 def _give_to_server_user(*paths: Path) -> None:
+    """Hand files the server writes or reads to the user it runs as (nothing to do unless root)."""
     owner = _as_server_user()
-    for path in paths:
-        if owner:
-            os.chown(path, owner["user"], owner["group"])
+    for path in paths if owner else ():
+        os.chown(path, owner["user"], owner["group"])
 
 
 def _run(command: list[str | Path], what: str, **kwargs: Any) -> None:
@@ -118,6 +118,7 @@ def _run(command: list[str | Path], what: str, **kwargs: Any) -> None:
 
 
 def initialised(cluster: Cluster) -> bool:
+    """Whether initdb has run in the cluster's data dir."""
     return (cluster.data / "PG_VERSION").exists()
 
 
