@@ -36,10 +36,10 @@ from pipelines.config import PROJECT_ROOT
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".mlflow-server"
 DEFAULT_PORT = 5005
 DEFAULT_DB_PORT = 5433
-# The server's worker processes; each imports MLflow (~300 MB), and this machine has two cores.
+# The server's worker processes; each imports MLflow (~250 MB): two for a development machine.
 DEFAULT_WORKERS = 2
-# A first start creates MLflow's schema (about a hundred migrations); seen at a minute and more
-# when the machine's two cores are busy with other jobs.
+# A first start also creates MLflow's schema (some seventy migrations); seen taking 165 s on two
+# cores busy with other jobs.
 START_TIMEOUT = 300.0
 # MLflow 3's server also starts a job runner with seven huey consumer processes (~500 MB) for its
 # GenAI jobs (scorers, trace archival), which the project has none of. A user's setting wins.
