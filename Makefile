@@ -12,8 +12,9 @@ ifdef BROKERS
 export KAFKA_BROKERS := $(BROKERS)
 endif
 
-.PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down generate produce consume \
-        train stream evaluate pipeline serve ui test lint bench-stream bench-train bench-serve
+.PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down mlflow-server \
+        mlflow-server-down generate produce consume train stream evaluate pipeline serve ui test lint \
+        bench-stream bench-train bench-serve
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
@@ -27,9 +28,9 @@ stop:
 # and the one a killed test session may have left running).
 clean:
 	-[ -x $(PY) ] && { $(PY) -m infra.demo stop; $(PY) -m infra.kafka_broker down; \
-		$(PY) -m infra.spark_cluster down; \
+		$(PY) -m infra.spark_cluster down; $(PY) -m infra.mlflow_server down; \
 		$(PY) -m infra.kafka_broker down --state-dir test-artifacts/kafka; }
-	rm -rf .kafka .spark mlruns mlflow.db logs test-artifacts
+	rm -rf .kafka .spark .mlflow-server mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
 install: $(VENV)/.installed
@@ -53,6 +54,15 @@ spark-up: install
 
 spark-down:
 	$(PY) -m infra.spark_cluster down
+
+# An MLflow tracking server on 127.0.0.1:5005 backed by a PostgreSQL cluster of its own (Debian's
+# binaries: infra/install_postgres.sh); state in .mlflow-server/. Then
+# MLFLOW_TRACKING_URI=http://127.0.0.1:5005 for every command.
+mlflow-server: install
+	$(PY) -m infra.mlflow_server up
+
+mlflow-server-down:
+	$(PY) -m infra.mlflow_server down
 
 generate: install
 	$(PY) -m pipelines.generate
@@ -83,9 +93,12 @@ pipeline: install
 serve: install
 	$(PY) -m serving $(SERVE_ARGS)
 
+# A tracking server (an http:// URI) serves the UI itself: there is nothing to start.
 ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -m pipelines.config mlflow_tracking_uri)" \
-		--host 127.0.0.1 --port "$${MLFLOW_UI_PORT:-5001}"
+	@uri="$$($(PY) -m pipelines.config mlflow_tracking_uri)"; case "$$uri" in \
+	http://*|https://*) echo "the tracking server serves the MLflow UI: open $$uri";; \
+	*) $(VENV)/bin/mlflow ui --backend-store-uri "$$uri" \
+		--host 127.0.0.1 --port "$${MLFLOW_UI_PORT:-5001}";; esac
 
 # The tests start the Kafka broker they need when none answers, and stop it (tests/conftest.py).
 # The files are spread over TEST_WORKERS pytest-xdist workers (0: all in this process).

@@ -3,10 +3,12 @@
 Everything a person comparing models in the MLflow UI needs is logged here: params (the recipe's
 choices and the data's provenance), the windows it was trained on as dataset inputs (Kafka topic
 and offsets, window digest), metrics per candidate k, the segments and cluster reports, and the
-whole Spark pipeline model with its signature. From the second window of a training on, the run
-also carries the drift against the window before (pipelines/training/drift.py): metrics, the
-segment map and a chart of the drift so far. The registered version carries its segments (tag
-`segments`, names in the description), which is what the server's `GET /models` shows.
+whole Spark pipeline model with its signature (saved by Spark to a local directory, then
+uploaded: Spark never writes to the artifact store itself, see `Recorder._log_model`). From the
+second window of a training on, the run also carries the drift against the window before
+(pipelines/training/drift.py): metrics, the segment map and a chart of the drift so far. The
+registered version carries its segments (tag `segments`, names in the description), which is
+what the server's `GET /models` shows.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.time import get_current_time_millis
 
@@ -159,16 +161,37 @@ class Recorder:
                 fit.segments.to_csv(Path(tmp, "segments.csv"), index=False)
                 self._log_reports(run_id, Path(tmp), fit, previous)
             self.client.log_table(run_id, fit.segments, SEGMENTS_TABLE)
-            mlflow.spark.log_model(
+            self._log_model(run_id, fit)
+            registration = self._registration(fit, run_id, tags)
+            mlflow.log_dict(asdict(registration), REGISTRATION_ARTIFACT)
+        return run_id, registration
+
+    def _log_model(self, run_id: str, fit: WindowFit) -> None:
+        """The Spark pipeline as the run's artifact `model`, written by Spark to a local
+        directory only.
+
+        `mlflow.spark.log_model` first has Spark save the model straight to the run's artifact
+        URI; against a tracking server that is `mlflow-artifacts:/...`, a scheme Hadoop does not
+        know, so Spark logs `No FileSystem for scheme "mlflow-artifacts"` with a stack trace
+        before MLflow falls back to saving locally and uploading. This is that fallback without
+        the attempt, for every store alike: save locally, upload through the client (the
+        server's artifact proxy, or a local copy), record the model on the run (its tag
+        `mlflow.log-model.history`, which the UI's Models column reads).
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, MODEL_ARTIFACT_PATH)
+            model = Model(artifact_path=MODEL_ARTIFACT_PATH, run_id=run_id)
+            mlflow.spark.save_model(
                 fit.chosen.model,
-                MODEL_ARTIFACT_PATH,
+                str(local),
+                mlflow_model=model,
                 signature=SIGNATURE,
                 input_example=fit.example,
                 pip_requirements=[f"{p}=={installed_version(p)}" for p in PIP_PACKAGES],
             )
-            registration = self._registration(fit, run_id, tags)
-            mlflow.log_dict(asdict(registration), REGISTRATION_ARTIFACT)
-        return run_id, registration
+            self.client.log_artifacts(run_id, str(local), MODEL_ARTIFACT_PATH)
+        # What mlflow.spark.log_model's own fallback calls; MlflowClient has no public twin.
+        self.client._record_logged_model(run_id, model)
 
     def register(self, run_id: str, registration: Registration) -> ModelVersion:
         """A new version of the registered model, from the model the run logged."""

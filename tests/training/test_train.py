@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,8 +33,7 @@ from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from infra.ports import free_port
-from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
+from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.contract import EXAMPLE_RECORD, FEATURES
 from pipelines.data.generator import generate_dataset
 from pipelines.ingest.window_files import (
@@ -513,68 +511,6 @@ def _mlflow_run(env: dict[str, str], entry_point: str, *parameters: str) -> None
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{shlex.join(command)}\n{done.stdout}\n{done.stderr[-4000:]}"
-
-
-@pytest.mark.slow
-def test_training_against_a_tracking_server_over_http(
-    training: Training, spark: SparkSession, tmp_path: Path
-) -> None:
-    """MLFLOW_TRACKING_URI=http://...: runs, artifacts (proxied) and registry through the server."""
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            sqlite_tracking_uri(tmp_path / "server"),
-            "--artifacts-destination",
-            str(tmp_path / "server" / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its workers are stopped with it, as one process group
-    )
-    previous_uri = mlflow.get_tracking_uri()
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        _wait_for_health(uri)
-        settings = replace(training.settings, mlflow_tracking_uri=uri)
-        (trained,) = train_windows(
-            training.windows_dir, windows=1, k=4, settings=settings, spark=spark
-        )
-
-        version = MlflowClient(uri).get_model_version_by_alias(NAME, "model1")
-        assert (int(version.version), version.run_id) == (1, trained.run_id)
-        assert version.source.startswith("mlflow-artifacts:/")
-        model = mlflow.pyfunc.load_model(model_uri(NAME, "model1"))
-        rows = pd.DataFrame([EXAMPLE_RECORD])
-        assert 0 <= model.predict(rows)[0] < 4
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # seen: its parent outliving SIGTERM by over 30 s
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-# `mlflow server` took 74 s to answer on two cores shared with a dozen busy processes.
-def _wait_for_health(uri: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{uri}/health", timeout=2) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"no MLflow server answered at {uri} within {timeout:.0f} s")
 
 
 # Started as `python -c`: a SparkSession start that says whether Ctrl-C came while it waited.
