@@ -14,7 +14,7 @@ endif
 
 .PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down mlflow-server \
         mlflow-server-down generate produce consume train stream evaluate pipeline serve ui test lint \
-        bench-stream bench-train bench-serve
+        bench-stream bench-train bench-serve bench-scale bench-service-memory
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
@@ -118,3 +118,12 @@ bench-train: install
 
 bench-serve: install
 	$(PY) -m bench.serve $(BENCH_ARGS)
+
+# Cost per row at 1x, 4x and 10x the default dataset: ingestion, peak memory, training local and
+# on a standalone cluster (BENCH_ARGS, e.g. "--scales 1,10 --train local").
+bench-scale: install
+	$(PY) -m bench.scale $(BENCH_ARGS)
+
+# Peak memory of the stream service with windows 1x and 10x the default size (issue 11).
+bench-service-memory: install
+	$(PY) -m bench.service_memory $(BENCH_ARGS)

@@ -9,23 +9,28 @@ missing file or a header that is not this schema's raises.
 
 Speed matters because this feeds the streaming path, so there is no per-value Python: the csv
 module splits the fields, pandas converts each column at once, and the few values that fail to
-convert are mapped back to their physical lines. One module of ~370 lines on purpose: the CSV
-and Excel readers both produce the `_Block` that one converter types and reports from.
+convert are mapped back to their physical lines. Memory matters too: `iter_transactions` reads a
+file `CHUNK_ROWS` records at a time (CSV and Excel alike), so the producer's memory does not grow
+with the file; `load_transactions` gathers the chunks into one frame. One module of ~450 lines on
+purpose: the CSV and Excel readers both produce the `_Block` that one converter types and reports
+from.
 
     python -m pipelines.load PATH        # a .csv or .xlsx file, a directory of them, or a glob
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import gc
 import glob
-import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import chain, islice
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -36,8 +41,9 @@ from pipelines.data.schema import COLUMNS, canonical_name, is_cancellation
 DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%y %H:%M", "ISO8601")
 # What a directory or a glob contributes; other names (Spark's .crc, _SUCCESS) are passed by.
 SUFFIXES = (".csv", ".xlsx")
-# Where str.splitlines breaks but the csv module does not.
-_OTHER_LINE_BREAKS = ("\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+# Records read and converted at a time: the loader's memory, whatever the file's size.
+CHUNK_ROWS = 100_000
+_READ_BYTES = 1 << 20  # how much text a CSV read asks for at once
 
 
 class LoadError(ValueError):
@@ -59,6 +65,15 @@ class MalformedLine:
         """'data/2010-12-01.csv line 11', or "data/x.xlsx sheet 'Year 2010-2011' row 3"."""
         place = f"sheet {self.sheet!r} row {self.line}" if self.sheet else f"line {self.line}"
         return f"{self.file} {place}" if self.file else place
+
+
+@dataclass
+class LoadedChunk:
+    """Consecutive rows of one file (`iter_transactions`) and the lines left out among them."""
+
+    frame: pd.DataFrame  # as LoadResult.frame
+    malformed: list[MalformedLine]
+    file: str
 
 
 @dataclass
@@ -90,22 +105,30 @@ def load_transactions(path: str | Path) -> LoadResult:
     what is wrong with its header.
     """
     files = input_files(path)
-    readers = {".csv": _read_csv, ".xlsx": _read_xlsx}
     frames, malformed = [], []
-    with _collector_paused():
-        for file in files:
-            read = readers.get(file.suffix.lower())
-            if read is None:
-                raise LoadError(
-                    f"{file}: unsupported file type {file.suffix!r}; expected .csv or .xlsx"
-                )
-            for block in read(file):
-                frame, bad = _convert(block)
-                frames.append(frame)
-                found = sorted(block.malformed + bad, key=lambda m: m.line)
-                malformed += [replace(m, file=str(file)) for m in found]
+    for chunk in iter_transactions(path):
+        frames.append(chunk.frame)
+        malformed += chunk.malformed
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return LoadResult(frame, malformed, str(path), [str(file) for file in files])
+
+
+def iter_transactions(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[LoadedChunk]:
+    """What `load_transactions` reads, as consecutive chunks of at most `chunk_rows` records
+    each (a chunk may be empty), so that a file of any size is read in bounded memory."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    readers = {".csv": _read_csv, ".xlsx": _read_xlsx}
+    for file in input_files(path):
+        read = readers.get(file.suffix.lower())
+        if read is None:
+            expected = " or ".join(readers)
+            raise LoadError(f"{file}: unsupported file type {file.suffix!r}; expected {expected}")
+        for block in read(file, chunk_rows):
+            with _collector_paused():
+                frame, bad = _convert(block)
+            found = sorted(block.malformed + bad, key=lambda m: m.line)
+            yield LoadedChunk(frame, [replace(m, file=str(file)) for m in found], str(file))
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -153,52 +176,103 @@ def _column_order(header: Sequence[str], where: str) -> list[int]:
     return [names.index(name) for name in COLUMNS]
 
 
-def _decode(data: bytes) -> str:
-    """UTF-8 (with or without a BOM), else Latin-1: real copies are often ISO-8859-1/cp1252."""
+def _encoding(path: Path) -> str:
+    """UTF-8 (with or without a BOM) when the whole file is UTF-8, else Latin-1: real copies are
+    often ISO-8859-1/cp1252. Decided before the first chunk, so every chunk reads alike."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as raw:
+        try:
+            while data := raw.read(1 << 24):
+                decoder.decode(data)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"  # decodes any byte
+    return "utf-8-sig"
+
+
+class _Lines:
+    """A text file's physical lines as the csv module counts them (ended by \\n, \\r\\n or
+    \\r), keeping those not yet `dropped` so that a record's text can be quoted."""
+
+    def __init__(self, handle: TextIO) -> None:
+        reads = iter(lambda: handle.readlines(_READ_BYTES), [])
+        self._lines = chain.from_iterable(map(self._keep, reads))
+        self.kept: list[str] = []
+        self.first = 1  # the line number of kept[0]
+
+    def _keep(self, lines: list[str]) -> list[str]:
+        self.kept.extend(lines)
+        return lines
+
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
+
+    def between(self, first: int, last: int) -> list[str]:
+        """Lines `first`..`last` (1-based, inclusive), still kept."""
+        return self.kept[first - self.first : last - self.first + 1]
+
+    def drop_through(self, last: int) -> None:
+        del self.kept[: last - self.first + 1]
+        self.first = last + 1
+
+
+def _record_lines(
+    path: Path, lines: list[str], first: int
+) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+    """The csv records of `lines`, which start at line `first`, with the first and last line of
+    each (the slow path, for records with quoted line breaks)."""
+    reader = csv.reader(lines)
+    records, ends = [], []
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")  # decodes any byte
-
-
-def _physical_lines(text: str) -> list[str]:
-    """Lines as the csv module counts them: ended by \\n, \\r\\n or \\r."""
-    if any(mark in text for mark in _OTHER_LINE_BREAKS):
-        return io.StringIO(text, newline="").readlines()
-    return text.splitlines(keepends=True)  # the same lines here, and twice as fast
-
-
-def _records(path: Path, physical: list[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
-    """The csv records with the first and last physical line of each."""
-    reader = csv.reader(physical)
-    try:
-        records = list(reader)
-        if reader.line_num == len(records):  # no quoted newlines: record i is line i + 1
-            starts = np.arange(1, len(records) + 1)
-            return records, starts, starts
-        reader = csv.reader(physical)
-        records, ends = [], []
         for record in reader:
             records.append(record)
             ends.append(reader.line_num)
-    except csv.Error as error:  # e.g. an unclosed quote running into the field size limit
-        raise LoadError(f"{path}: line {reader.line_num}: {error}") from error
-    last = np.array(ends)
-    return records, np.concatenate([[1], last[:-1] + 1]), last
+    except csv.Error as error:
+        raise LoadError(f"{path}: line {first + reader.line_num - 1}: {error}") from error
+    last = np.array(ends, dtype=np.int64) + first - 1
+    return records, np.concatenate([[first], last[:-1] + 1]), last
 
 
-def _read_csv(path: Path) -> list[_Block]:
-    physical = _physical_lines(_decode(path.read_bytes()))
-    records, starts, ends = _records(path, physical)
-    if not records or not records[0]:
-        raise LoadError(f"{path}: no header on line 1; expected {', '.join(COLUMNS)}")
-    order = _column_order(records[0], str(path))
+def _read_csv(path: Path, chunk_rows: int) -> Iterator[_Block]:
+    with open(path, encoding=_encoding(path), newline="") as handle:
+        lines = _Lines(handle)
+        reader = csv.reader(lines)
+        try:
+            header = next(reader, None)
+        except csv.Error as error:  # e.g. an unclosed quote running into the field size limit
+            raise LoadError(f"{path}: line {reader.line_num}: {error}") from error
+        if not header:
+            raise LoadError(f"{path}: no header on line 1; expected {', '.join(COLUMNS)}")
+        order = _column_order(header, str(path))
+        lines.drop_through(reader.line_num)
+        while True:  # the last block is short, perhaps empty
+            before = reader.line_num
+            with _collector_paused():
+                try:
+                    records = list(islice(reader, chunk_rows))
+                except csv.Error as error:
+                    raise LoadError(f"{path}: line {reader.line_num}: {error}") from error
+                block = _csv_block(path, records, lines, before + 1, reader.line_num, order)
+            lines.drop_through(reader.line_num)
+            yield block
+            if len(records) < chunk_rows:
+                return
+
+
+def _csv_block(
+    path: Path, records: list[list[str]], lines: _Lines, first: int, last: int, order: list[int]
+) -> _Block:
+    """The records read from lines `first`..`last` as a block; blank lines are passed by."""
+    physical = lines.between(first, last)
+    if last - first + 1 == len(records):  # no quoted line breaks: record i is line first + i
+        starts = ends = np.arange(first, last + 1)
+    else:
+        records, starts, ends = _record_lines(path, physical, first)
 
     def raw(index: int) -> str:  # index into records
-        return "".join(physical[starts[index] - 1 : ends[index]]).rstrip("\r\n")
+        return "".join(physical[starts[index] - first : ends[index] - first + 1]).rstrip("\r\n")
 
     counts = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
-    counts[0] = 0  # the header
     malformed = []
     for i in np.flatnonzero((counts != len(COLUMNS)) & (counts != 0)):  # blank lines: skipped
         reason = f"expected {len(COLUMNS)} fields, got {counts[i]}"
@@ -206,8 +280,8 @@ def _read_csv(path: Path) -> list[_Block]:
             reason += f" (a quoted field runs over lines {starts[i]}-{ends[i]})"
         malformed.append(MalformedLine(int(starts[i]), reason, raw(i)))
     keep = np.flatnonzero(counts == len(COLUMNS))
-    good = records[1:] if len(keep) == len(records) - 1 else [records[i] for i in keep]
-    return [_Block(_columns(good, order), starts[keep], lambda i: raw(keep[i]), malformed)]
+    good = records if len(keep) == len(records) else [records[i] for i in keep]
+    return _Block(_columns(good, order), starts[keep], lambda i: raw(keep[i]), malformed)
 
 
 def _columns(records: list[list[str]], order: list[int]) -> list[np.ndarray]:
@@ -236,48 +310,55 @@ def _trimmed(cells: list[str]) -> list[str]:
     return cells[:end]
 
 
-def _read_sheet(rows: list[list[str]], title: str, where: str) -> _Block:
-    order = _column_order(_trimmed(rows[0]), where)
-    records, lines, malformed = [], [], []
-    for number, row in enumerate(rows[1:], start=2):
-        cells = _trimmed(row)
-        if len(cells) > len(COLUMNS):
-            reason = f"expected {len(COLUMNS)} fields, got {len(cells)}"
-            malformed.append(MalformedLine(number, reason, ",".join(cells), title))
-        elif cells:
-            records.append(cells + [""] * (len(COLUMNS) - len(cells)))
-            lines.append(number)
+def _read_sheet(
+    rows: Iterator[list[str]], title: str, where: str, chunk_rows: int
+) -> Iterator[_Block]:
+    """A sheet's rows (as cell texts) in blocks of `chunk_rows`; nothing for an empty sheet."""
+    header = next(rows, None)
+    if header is None or (not any(header) and not any(map(any, rows))):
+        return
+    order = _column_order(_trimmed(header), where)
+    number = 1  # the sheet's row number
+    while True:  # the last block is short, perhaps empty
+        chunk = list(islice(rows, chunk_rows))
+        records, lines, malformed = [], [], []
+        for row in chunk:
+            number += 1
+            cells = _trimmed(row)
+            if len(cells) > len(COLUMNS):
+                reason = f"expected {len(COLUMNS)} fields, got {len(cells)}"
+                malformed.append(MalformedLine(number, reason, ",".join(cells), title))
+            elif cells:
+                records.append(cells + [""] * (len(COLUMNS) - len(cells)))
+                lines.append(number)
 
-    def raw(index: int) -> str:
-        return ",".join(records[index])
+        def raw(index: int, records: list[list[str]] = records) -> str:
+            return ",".join(records[index])
 
-    columns = _columns(records, order)
-    return _Block(columns, np.array(lines, dtype=np.int64), raw, malformed, title)
+        columns = _columns(records, order)
+        yield _Block(columns, np.array(lines, dtype=np.int64), raw, malformed, title)
+        if len(chunk) < chunk_rows:
+            return
 
 
-def _read_xlsx(path: Path) -> list[_Block]:
-    """Every non-empty sheet, each with its own header on row 1 (Online Retail II has two)."""
+def _read_xlsx(path: Path, chunk_rows: int) -> Iterator[_Block]:
+    """Every non-empty sheet, each with its own header on row 1 (Online Retail II has two), read
+    row by row (openpyxl's read-only mode streams a sheet)."""
     import openpyxl  # only Excel files need it
 
     workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    found = False
     try:
-        sheets = [
-            (
-                sheet.title,
-                [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)],
-            )
-            for sheet in workbook.worksheets
-        ]
+        for sheet in workbook.worksheets:
+            rows = ([_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True))
+            where = f"{path} sheet {sheet.title!r}"
+            for block in _read_sheet(rows, sheet.title, where, chunk_rows):
+                found = True
+                yield block
     finally:
         workbook.close()
-    blocks = [
-        _read_sheet(rows, title, f"{path} sheet {title!r}")
-        for title, rows in sheets
-        if any(map(any, rows))
-    ]
-    if not blocks:
+    if not found:
         raise LoadError(f"{path}: every sheet is empty; expected a header {', '.join(COLUMNS)}")
-    return blocks
 
 
 def _per_distinct(values: np.ndarray, convert: Callable[[pd.Series], pd.Series]) -> np.ndarray:

@@ -1,10 +1,13 @@
 """The kafka-python consumer engine: cut the topic into window files, exactly once.
 
-It applies the window rule (pipelines/ingest/window_rule.py). A closed window is written (Parquet,
-then manifest, atomically; pipelines/ingest/window_files.py) and only then are the offsets
-committed. On (re)start the consumer seeks to where the last manifest says the next window begins,
-so a kill at any moment neither loses nor duplicates a row. Unusable messages, and invoices that
-arrive after their event-time window closed, go to the dead-letter file instead of a window.
+It applies the window rule (pipelines/ingest/window_rule.py). An open window's rows go to its
+temporary files as they arrive (pipelines/ingest/spill.py), so memory does not grow with the
+window. A closed window is written (Parquet, then manifest, atomically;
+pipelines/ingest/window_files.py) and only then are the offsets committed. On (re)start the
+consumer seeks to where the last manifest says the next window begins, so a kill at any moment
+neither loses nor duplicates a row; the temporary files of windows still open are discarded.
+Unusable messages, and invoices that arrive after their event-time window closed, go to the
+dead-letter file instead of a window.
 
 Windows are built by one active member of the consumer group, which needs every partition; a
 second member is a standby that takes over through the group's rebalance.
@@ -31,7 +34,8 @@ from tqdm import tqdm
 
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.messages import PoisonMessage
-from pipelines.ingest.window_files import Manifest, read_manifests, rows_digest, write_window
+from pipelines.ingest.spill import SpillArea
+from pipelines.ingest.window_files import Manifest, read_manifests, write_window_batches
 from pipelines.ingest.window_rule import (
     DEFAULT_RULE,
     END,
@@ -152,12 +156,14 @@ def consume(
     )
     partitions = _wait_for_partitions(consumer, topic)
     last = manifests[-1] if manifests else None
+    spill = SpillArea(output_dir)
     builder = WindowBuilder(
         partitions,
         positions={},
         rule=rule,
         last_closed=(_key_of_manifest(last) if last else None),
         resumed_frontiers=_frontiers_of_manifest(last) if last else {},
+        spill_dir=spill.folder,
     )
     dead = DeadLetters(output_dir / DEAD_LETTERS)
 
@@ -166,6 +172,7 @@ def consume(
         for tp in assigned:
             consumer.seek(tp, positions[tp.partition])
         builder.reset(positions)
+        spill.sweep()  # a member that held the partitions before may have died
         consumer.resume(*assigned)
         missing = set(partitions) - {tp.partition for tp in assigned}
         if missing:
@@ -224,6 +231,8 @@ def consume(
                 )
     finally:
         bar.close()
+        builder.close()
+        spill.close()
         dead.close()
         consumer.close(autocommit=False)
     return ConsumeSummary(written, dead.count, late_rows)
@@ -232,17 +241,16 @@ def consume(
 def _write(
     closed: ClosedWindow, number: int, topic: str, output_dir: Path, dead: DeadLetters
 ) -> Manifest:
-    frame = closed.frame()
     t0, replay, local = closed.key
-    dates = frame["InvoiceDate"]
+    first_date, last_date = closed.dates
     manifest = Manifest(
         window=number,
         topic=topic,
         offsets=closed.offsets,
-        rows=len(frame),
-        digest=rows_digest(frame),
-        first_invoice_date=str(dates.min()),
-        last_invoice_date=str(dates.max()),
+        rows=closed.rows,
+        digest=closed.digest,
+        first_invoice_date=first_date,
+        last_invoice_date=last_date,
         replay=replay,
         replay_window=int(local),
         replay_started_ms=t0,
@@ -252,7 +260,10 @@ def _write(
         manifest.window_start, manifest.window_end = str(start), str(end)
         manifest.frontiers = _frontiers_for_manifest(closed.frontiers)
     dead.sync()
-    return write_window(frame, output_dir, manifest)
+    try:
+        return write_window_batches(closed.batches(), output_dir, manifest)
+    finally:
+        closed.discard()
 
 
 def _commit(consumer: KafkaConsumer, manifest: Manifest) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,14 @@ def invoice_starts(frame: pd.DataFrame) -> np.ndarray:
         return np.array([], dtype=np.int64)
     codes = np.stack([pd.factorize(frame[name])[0] for name in HEADER_FIELDS])
     return np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
+
+
+def invoice_date(text: str) -> datetime:
+    """An InvoiceDate as sent (ISO text) as a naive datetime; one with an offset is read as UTC."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
 
 
 class PoisonMessage(ValueError):

@@ -8,25 +8,34 @@ restart mid-replay neither loses nor duplicates a message. On a cluster of three
 the topic has three replicas and `min.insync.replicas=2` (pipelines/ingest/replication.py): an
 acknowledged message is on two brokers at least, and losing one broker stops nothing. When the
 replay ends, an end-of-replay marker goes to every partition (see pipelines/messages.py).
+
+Memory does not grow with the file: it is read in chunks (`pipelines.data.load.iter_transactions`)
+in two passes. Every message carries the replay's row count, which only the whole file tells, so
+the first pass validates and counts the rows and spools them to temporary Arrow files (in the
+system's temporary directory, `TMPDIR`); the second reads them back a chunk at a time and sends.
+An invoice's rows are contiguous in the file, so the rows that may continue in the next chunk wait
+for it: no invoice is split across messages.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import TopicAlreadyExistsError
 from tqdm import tqdm
 
 from pipelines.config import Settings
-from pipelines.data.load import load_transactions
+from pipelines.data.load import CHUNK_ROWS, iter_transactions
 from pipelines.ingest.messages import HEADER_FIELDS, encode_end, encode_invoice, invoice_starts
 from pipelines.ingest.replication import replication
 
@@ -80,11 +89,12 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
         admin.close()
 
 
-def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[int, list, list[tuple]]]:
+def invoice_messages(
+    frame: pd.DataFrame, starts: np.ndarray
+) -> Iterator[tuple[int, list, list[tuple]]]:
     """Yield (index of the first row, header, lines) for each run of rows sharing one invoice
-    header (InvoiceNo, InvoiceDate, CustomerID, Country)."""
+    header (InvoiceNo, InvoiceDate, CustomerID, Country); `starts` = invoice_starts(frame)."""
     header_columns = [frame[name] for name in HEADER_FIELDS]
-    starts = invoice_starts(frame)
     invoices, dates, customers, countries = (c.iloc[starts] for c in header_columns)
     headers = zip(
         invoices.astype(str).tolist(),
@@ -107,27 +117,99 @@ def invoice_messages(frame: pd.DataFrame) -> Iterator[tuple[int, list, list[tupl
         yield start, list(header), lines[start:end]
 
 
-def send_schedule(frame: pd.DataFrame, rate: float = 0.0, speedup: float = 0.0) -> np.ndarray:
-    """When each invoice message is due, in seconds after the replay starts.
+@dataclass
+class Pacing:
+    """When each invoice message is due, in seconds after the replay starts, chunk after chunk.
 
     At `rate` rows/s a message waits for the rows before it. At `speedup` X the replay is a live
     source: each message waits for the gap between its InvoiceDate and the first one, divided by
     X (a year in about 9 minutes at X = 60,000); an invoice dated before an earlier one goes
     without waiting. Neither: every message is due at once.
     """
-    if rate > 0 and speedup > 0:
-        raise ValueError("choose one of rate and speedup")
-    starts = invoice_starts(frame)
-    if rate > 0:
-        return starts / rate  # the rows before each message
-    if speedup > 0:
-        dates = frame["InvoiceDate"].to_numpy("datetime64[ms]")[starts].astype(np.int64)
-        return (np.maximum.accumulate(dates) - dates[0]) / 1000 / speedup
-    return np.zeros(len(starts))
+
+    rate: float = 0.0
+    speedup: float = 0.0
+    # Speedup: the first invoice's date and the latest date so far (epoch ms), across chunks.
+    _first_ms: int | None = field(default=None, init=False)
+    _latest_ms: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.rate > 0 and self.speedup > 0:
+            raise ValueError("choose one of rate and speedup")
+
+    def due(self, frame: pd.DataFrame, starts: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """When the messages starting at rows `starts` of `frame` are due; `frame` begins at row
+        `first_row` of the replay and follows the chunks given before."""
+        if self.rate > 0:
+            return (first_row + starts) / self.rate  # the rows before each message
+        if self.speedup > 0 and len(starts):
+            dates = frame["InvoiceDate"].to_numpy("datetime64[ms]")[starts].astype(np.int64)
+            if self._first_ms is None:
+                self._first_ms = self._latest_ms = int(dates[0])
+            latest = np.maximum.accumulate(np.r_[self._latest_ms, dates])[1:]
+            self._latest_ms = int(latest[-1])
+            return (latest - self._first_ms) / 1000 / self.speedup
+        return np.zeros(len(starts))
+
+
+def whole_invoices(frames: Iterable[pd.DataFrame]) -> Iterator[tuple[pd.DataFrame, int]]:
+    """The frames re-cut so that no run of rows sharing an invoice header straddles two, each
+    with the index of its first row in the replay: the last run of a frame may go on in the next,
+    so it waits for it."""
+    first, held = 0, None
+    for frame in frames:
+        if held is not None:
+            frame = pd.concat([held, frame], ignore_index=True)
+        if frame.empty:
+            continue
+        cut = int(invoice_starts(frame)[-1])
+        ready, held = frame.iloc[:cut], frame.iloc[cut:].reset_index(drop=True)
+        if len(ready):
+            yield ready, first
+            first += len(ready)
+    if held is not None and len(held):
+        yield held, first
 
 
 def _text_or_none(column: pd.Series) -> list[str | None]:
     return column.astype(object).where(column.notna(), None).tolist()
+
+
+@dataclass
+class _Spool:
+    """The rows to replay, validated and counted, on disk between the two passes."""
+
+    folder: Path
+    rows: int = 0
+    malformed: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    def fill(self, path: Path, limit: int, chunk_rows: int) -> None:
+        """Read `path` a chunk at a time; keep its first `limit` rows (all if 0)."""
+        for chunk in iter_transactions(path, chunk_rows):
+            for line in chunk.malformed[: max(0, 10 - self.malformed)]:
+                print(f"skipped malformed {line.where}: {line.reason}", file=sys.stderr)
+            self.malformed += len(chunk.malformed)
+            frame = chunk.frame.head(limit - self.rows) if limit > 0 else chunk.frame
+            if len(frame):
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                self.files.append(self.folder / f"chunk-{len(self.files):06d}.arrow")
+                with pa.ipc.new_file(str(self.files[-1]), table.schema, options=_SPOOL) as out:
+                    out.write_table(table)
+                self.rows += len(frame)
+            if limit > 0 and self.rows >= limit:
+                return
+
+    def frames(self) -> Iterator[pd.DataFrame]:
+        """The rows again, a chunk at a time; each file goes once read."""
+        for path in self.files:
+            with pa.OSFile(str(path)) as source:
+                frame = pa.ipc.open_file(source).read_all().to_pandas()
+            path.unlink()
+            yield frame
+
+
+_SPOOL = pa.ipc.IpcWriteOptions(compression="lz4")  # read back once: fast beats small
 
 
 def replay(
@@ -139,18 +221,24 @@ def replay(
     progress: bool = True,
     *,
     speedup: float = 0.0,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> ReplaySummary:
     """Send the file's rows (the first `limit` if > 0) at `rate` rows/s or by their InvoiceDates
-    `speedup` times faster than they happened (`send_schedule`; 0 and 0 = unthrottled)."""
-    loaded = load_transactions(path)
-    for line in loaded.malformed[:10]:
-        print(f"skipped malformed {line.where}: {line.reason}", file=sys.stderr)
-    frame = loaded.frame.head(limit) if limit > 0 else loaded.frame
-    total = len(frame)
-    if total == 0:
-        raise ValueError(f"{path} holds no valid rows to replay")
+    `speedup` times faster than they happened (`Pacing`; 0 and 0 = unthrottled), reading
+    `chunk_rows` records at a time."""
+    pacing = Pacing(rate, speedup)
+    with tempfile.TemporaryDirectory(prefix="replay-") as folder:
+        spool = _Spool(Path(folder))
+        spool.fill(path, limit, chunk_rows)
+        if spool.rows == 0:
+            raise ValueError(f"{path} holds no valid rows to replay")
+        return _send(spool, settings, pacing, partitions, progress)
 
-    schedule = send_schedule(frame, rate, speedup)
+
+def _send(
+    spool: _Spool, settings: Settings, pacing: Pacing, partitions: int, progress: bool
+) -> ReplaySummary:
+    total = spool.rows
     ensure_topic(settings.kafka_bootstrap_servers, settings.kafka_topic, partitions)
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -163,17 +251,22 @@ def replay(
     started = time.perf_counter()
     t0 = int(time.time() * 1000)
     with tqdm(total=total, unit="rows", disable=not progress, desc="produce") as bar:
-        for (seq, header, lines), due in zip(invoice_messages(frame), schedule, strict=True):
-            wait = due - (time.perf_counter() - started)
-            if wait > 0:
-                time.sleep(wait)
-            value = encode_invoice(replay_id, seq, total, t0, header, lines)
-            future = producer.send(settings.kafka_topic, key=header[0].encode(), value=value)
-            future.add_errback(errors.append)
-            messages += 1
-            sent_rows += len(lines)
-            sent_bytes += len(value)
-            bar.update(len(lines))
+        for frame, first_row in whole_invoices(spool.frames()):
+            starts = invoice_starts(frame)
+            schedule = pacing.due(frame, starts, first_row)
+            for (start, header, lines), due in zip(
+                invoice_messages(frame, starts), schedule, strict=True
+            ):
+                wait = due - (time.perf_counter() - started)
+                if wait > 0:
+                    time.sleep(wait)
+                value = encode_invoice(replay_id, first_row + start, total, t0, header, lines)
+                future = producer.send(settings.kafka_topic, key=header[0].encode(), value=value)
+                future.add_errback(errors.append)
+                messages += 1
+                sent_rows += len(lines)
+                sent_bytes += len(value)
+                bar.update(len(lines))
         end = encode_end(replay_id, total, t0)
         for partition in sorted(producer.partitions_for(settings.kafka_topic)):
             producer.send(settings.kafka_topic, value=end, partition=partition).add_errback(
@@ -184,4 +277,4 @@ def replay(
     if errors:
         raise RuntimeError(f"{len(errors)} messages were not delivered; first: {errors[0]!r}")
     seconds = time.perf_counter() - started
-    return ReplaySummary(replay_id, sent_rows, messages, sent_bytes, seconds, len(loaded.malformed))
+    return ReplaySummary(replay_id, sent_rows, messages, sent_bytes, seconds, spool.malformed)

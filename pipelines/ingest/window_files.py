@@ -12,7 +12,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,9 @@ ARROW_SCHEMA = pa.schema(
         ("Country", pa.string()),
     ]
 )
+# Rows per Parquet row group. Fixed, so that a window's file has the same bytes however its rows
+# reached the writer, and small enough that the writer's buffer does not grow with the window.
+ROW_GROUP_ROWS = 100_000
 
 
 @dataclass
@@ -87,23 +90,28 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True)
 
 
-def rows_digest(frame: pd.DataFrame) -> str:
-    """Order-independent digest of a multiset of rows.
+def rows_digest(rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> str:
+    """Order-independent digest of a multiset of rows (a pandas frame or Arrow rows).
 
     The sum (mod 2**64) of per-row hashes: the digests of disjoint windows add up to the digest of
     their union, so "the windows together hold exactly the input" is one comparison.
     """
-    if frame.empty:
+    if len(rows) == 0:
         return f"{0:016x}"
-    hashes = pd.util.hash_pandas_object(_normalised(frame), index=False).to_numpy(np.uint64)
+    hashes = pd.util.hash_pandas_object(_normalised(rows), index=False).to_numpy(np.uint64)
     return f"{int(hashes.sum(dtype=np.uint64)):016x}"
 
 
-def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
+def _normalised(rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> pd.DataFrame:
     """The same rows hash the same whether they come from a CSV, Kafka or Parquet."""
-    out = pd.DataFrame(index=range(len(frame)))
+    out = {}
     for column in COLUMNS:
-        values = frame[column].reset_index(drop=True)
+        values = rows[column]
+        values = (
+            values.to_numpy(zero_copy_only=False)
+            if isinstance(values, pa.Array | pa.ChunkedArray)
+            else values.to_numpy()
+        )
         if column == "InvoiceDate":
             out[column] = values.astype("datetime64[us]").astype("int64")
         elif column == "Quantity":
@@ -111,8 +119,9 @@ def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
         elif column == "UnitPrice":
             out[column] = values.astype("float64")
         else:  # text; a missing value must not hash like an empty string
-            out[column] = values.astype(object).where(values.notna(), "\x00<missing>")
-    return out
+            values = values.astype(object)
+            out[column] = np.where(pd.isna(values), "\x00<missing>", values).astype(object)
+    return pd.DataFrame(out, copy=False)
 
 
 def combine_digests(digests: list[str]) -> str:
@@ -152,8 +161,28 @@ def _atomic_target(path: Path) -> Iterator[Path]:
 def write_window(frame: pd.DataFrame, windows_dir: Path, manifest: Manifest) -> Manifest:
     """Write a window's rows then its manifest, both atomically; return the manifest."""
     table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=ARROW_SCHEMA, preserve_index=False)
-    with _atomic_target(window_path(windows_dir, manifest.window)) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    return write_window_batches(table.to_batches(), windows_dir, manifest)
+
+
+def write_window_batches(
+    batches: Iterable[pa.RecordBatch], windows_dir: Path, manifest: Manifest
+) -> Manifest:
+    """Write a window's rows, given in batches of any size, then its manifest, both atomically;
+    at most a row group of rows is held at a time. Return the manifest."""
+    with (
+        _atomic_target(window_path(windows_dir, manifest.window)) as tmp,
+        pq.ParquetWriter(tmp, ARROW_SCHEMA, compression="zstd") as writer,
+    ):
+        held: list[pa.RecordBatch] = []
+        for batch in batches:
+            held.append(batch)
+            if sum(b.num_rows for b in held) >= ROW_GROUP_ROWS:
+                table = pa.Table.from_batches(held, ARROW_SCHEMA)
+                whole = table.num_rows // ROW_GROUP_ROWS * ROW_GROUP_ROWS
+                writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+                held = table.slice(whole).to_batches()
+        if held:
+            writer.write_table(pa.Table.from_batches(held, ARROW_SCHEMA))
     with _atomic_target(manifest_path(windows_dir, manifest.window)) as tmp:
         tmp.write_text(manifest.to_json())
     return manifest

@@ -35,22 +35,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from itertools import repeat
+from datetime import datetime, timedelta
+from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
 
 from pipelines.config import DEFAULT_WINDOWS
-from pipelines.data.schema import COLUMNS
-from pipelines.ingest.messages import (
-    HEADER_FIELDS,
-    LINE_FIELDS,
-    EndOfReplay,
-    Invoice,
-    PoisonMessage,
-    decode,
-)
+from pipelines.ingest.messages import EndOfReplay, Invoice, PoisonMessage, decode, invoice_date
+from pipelines.ingest.spill import SPILL_BATCH_ROWS, WindowSpill
 
 END = math.inf  # the local index of an end-of-replay marker: after every window of its replay
 
@@ -108,12 +102,9 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
-def event_ms(invoice_date: str) -> int:
+def event_ms(text: str) -> int:
     """An InvoiceDate (ISO text) in epoch milliseconds, read as UTC."""
-    moment = datetime.fromisoformat(invoice_date)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
+    return (invoice_date(text) - _EPOCH) // timedelta(milliseconds=1)
 
 
 def period_of(ms: int, period: str) -> int:
@@ -157,43 +148,55 @@ class LateInvoice(PoisonMessage):
 
 
 @dataclass
-class _Pending:
-    partition: int
-    offset: int
-    invoice: Invoice
+class _Open:
+    """A window still open: its rows on their way to disk, and the offsets they came from."""
+
+    spill: WindowSpill
+    first: dict[int, int] = field(default_factory=dict)  # partition -> its first offset here
+    end: dict[int, int] = field(default_factory=dict)  # partition -> past its last offset here
+
+    def add(self, partition: int, offset: int, invoice: Invoice) -> None:
+        self.spill.add(partition, invoice)
+        self.first.setdefault(partition, offset)
+        self.end[partition] = offset + 1
 
 
 @dataclass
 class ClosedWindow:
     key: WindowKey
-    invoices: list[Invoice]  # in file order
     # partition -> [first offset, end offset) of this window, as the manifest records it.
     offsets: dict[int, list[int]]
+    rows: int
+    # The rows, on disk (or, for a window smaller than a spill batch, in memory) until
+    # `batches` reads them in file order; `discard` removes them.
+    spill: WindowSpill = field(compare=False, repr=False)
     # Event time only: the window's [start, end) and each partition's frontier at the end offsets.
     bounds: tuple[datetime, datetime] | None = None
     frontiers: dict[int, WindowKey] | None = None
 
-    def __len__(self) -> int:
-        return sum(map(len, self.invoices))
+    @property
+    def digest(self) -> str:
+        """window_files.rows_digest of the window's rows."""
+        return self.spill.digest
 
-    def frame(self) -> pd.DataFrame:
-        """The window's rows in the canonical schema, each invoice header repeated per line."""
-        columns: dict[str, list] = {name: [] for name in COLUMNS}
-        for invoice in self.invoices:
-            for name, value in zip(HEADER_FIELDS, invoice.header, strict=True):
-                columns[name].extend(repeat(value, len(invoice)))
-            for name, values in zip(LINE_FIELDS, invoice.columns, strict=True):
-                columns[name].extend(values)
-        frame = pd.DataFrame(columns, columns=list(COLUMNS))
-        frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"], format="ISO8601")
-        frame["Quantity"] = frame["Quantity"].astype("int64")
-        frame["UnitPrice"] = frame["UnitPrice"].astype("float64")
-        return frame
+    @property
+    def dates(self) -> tuple[str, str]:
+        """The first and last InvoiceDate, as the manifest writes them."""
+        first, last = self.spill.dates or (None, None)
+        return str(first), str(last)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The window's rows in file order, a bounded batch at a time."""
+        return self.spill.batches()
+
+    def discard(self) -> None:
+        self.spill.discard()
 
 
 @dataclass
 class WindowBuilder:
-    """The windowing logic, free of Kafka clients so that it can be tested on its own."""
+    """The windowing logic, free of Kafka clients so that it can be tested on its own. Open
+    windows keep their rows in `spill_dir` (pipelines/ingest/spill.py), not in memory."""
 
     partitions: list[int]
     # Where the next window begins in each partition: the resume position.
@@ -202,15 +205,26 @@ class WindowBuilder:
     last_closed: WindowKey | None = None
     # Event time: each partition's frontier at `positions`, from the last manifest on a restart.
     resumed_frontiers: dict[int, WindowKey] = field(default_factory=dict)
-    _pending: dict[WindowKey, list[_Pending]] = field(default_factory=dict)
+    spill_dir: Path = field(kw_only=True)
+    spill_batch_rows: int = field(default=SPILL_BATCH_ROWS, kw_only=True)
+    _pending: dict[WindowKey, _Open] = field(default_factory=dict)
     # partition -> the furthest point read: a window key (rows, seconds), or
     # (replay start, replay, greatest InvoiceDate in ms) (event time).
     _frontier: dict[int, WindowKey] = field(default_factory=dict)
     # Event time: partition -> (offset, frontier after it) of each message read past `positions`.
     _history: dict[int, list[tuple[int, WindowKey]]] = field(default_factory=dict)
+    _opened: int = 0  # windows opened so far: names their spill folders
 
     def __post_init__(self) -> None:
         self._frontier = dict(self.resumed_frontiers)
+
+    def _window(self, key: WindowKey) -> _Open:
+        """The open window `key`, opened now if need be."""
+        if key not in self._pending:
+            self._opened += 1
+            folder = self.spill_dir / f"window-{self._opened}"
+            self._pending[key] = _Open(WindowSpill(folder, self.spill_batch_rows))
+        return self._pending[key]
 
     def key_of(self, seq: int, total: int, t0: int, timestamp_ms: int, replay: str) -> WindowKey:
         if self.rule.by == "seconds":
@@ -232,7 +246,7 @@ class WindowBuilder:
             key = self.key_of(message.seq, message.total, message.t0, timestamp_ms, message.replay)
             if self.last_closed is not None and key <= self.last_closed:
                 raise PoisonMessage(f"late message: its window {key[2]} was already written")
-            self._pending.setdefault(key, []).append(_Pending(partition, offset, message))
+            self._window(key).add(partition, offset, message)
         self._frontier[partition] = max(key, self._frontier.get(partition, key))
         return rows
 
@@ -256,7 +270,7 @@ class WindowBuilder:
                 len(message),
             )
         if self.last_closed is None or key > self.last_closed:
-            self._pending.setdefault(key, []).append(_Pending(partition, offset, message))
+            self._window(key).add(partition, offset, message)
         # else: read again after a restart, and already in a written window.
         return len(message)
 
@@ -277,9 +291,15 @@ class WindowBuilder:
     def reset(self, positions: dict[int, int]) -> None:
         """Forget what was read but not written: after a rebalance it is read again."""
         self.positions = dict(positions)
-        self._pending.clear()
+        self.close()
         self._frontier = dict(self.resumed_frontiers)
         self._history.clear()
+
+    def close(self) -> None:
+        """Drop the open windows' files: what they held is read again from Kafka."""
+        for window in self._pending.values():
+            window.spill.discard()
+        self._pending.clear()
 
     def pop_closed(self) -> ClosedWindow | None:
         """The oldest window every partition has moved past, or None."""
@@ -288,28 +308,28 @@ class WindowBuilder:
         key = min(self._pending)
         if not all(self._passed(key, self._frontier[p]) for p in self.partitions):
             return None
-        messages = sorted(self._pending.pop(key), key=lambda m: m.invoice.seq)
+        window = self._pending.pop(key)
         self.last_closed = key
-        invoices = [m.invoice for m in messages]
+        bounds = frontiers = None
         if self.rule.by == "event-time":
             offsets = self._resume_past_written()
             bounds = period_bounds(int(key[2]), self.rule.period)
-            return ClosedWindow(key, invoices, offsets, bounds, dict(self.resumed_frontiers))
-        offsets = {}
-        for partition in self.partitions:
-            start = self.positions[partition]
-            ends = [m.offset + 1 for m in messages if m.partition == partition]
-            self.positions[partition] = max(ends, default=start)
-            offsets[partition] = [start, self.positions[partition]]
-        return ClosedWindow(key, invoices, offsets)
+            frontiers = dict(self.resumed_frontiers)
+        else:
+            offsets = {}
+            for partition in self.partitions:
+                start = self.positions[partition]
+                self.positions[partition] = window.end.get(partition, start)
+                offsets[partition] = [start, self.positions[partition]]
+        return ClosedWindow(key, offsets, window.spill.rows, window.spill, bounds, frontiers)
 
     def _resume_past_written(self) -> dict[int, list[int]]:
         """Event time: move each partition's position to its first message still waiting (or
         past everything read) and remember the frontier there; return [old, new) positions."""
         waiting: dict[int, int] = {}
-        for pending in self._pending.values():
-            for m in pending:
-                waiting[m.partition] = min(m.offset, waiting.get(m.partition, m.offset))
+        for window in self._pending.values():
+            for partition, first in window.first.items():
+                waiting[partition] = min(first, waiting.get(partition, first))
         offsets = {}
         for partition in self.partitions:
             start = self.positions[partition]

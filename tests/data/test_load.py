@@ -13,7 +13,13 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.data.generator import generate_dataset
-from pipelines.data.load import LoadError, MalformedLine, load_transactions, summary
+from pipelines.data.load import (
+    LoadError,
+    MalformedLine,
+    iter_transactions,
+    load_transactions,
+    summary,
+)
 from pipelines.data.schema import COLUMNS
 from pipelines.ingest.producer import replay
 from pipelines.load import main
@@ -219,6 +225,48 @@ def test_utf8_with_bom_and_crlf(tmp_path: Path) -> None:
     result = load_transactions(path)
     assert result.malformed == []
     assert result.frame["Description"].tolist() == ["CAFÉ"]
+
+
+def _chunked(path: Path, chunk_rows: int) -> tuple[pd.DataFrame, list[MalformedLine]]:
+    chunks = list(iter_transactions(path, chunk_rows))
+    frame = pd.concat([chunk.frame for chunk in chunks], ignore_index=True)
+    return frame, [bad for chunk in chunks for bad in chunk.malformed]
+
+
+def test_a_file_read_in_chunks_of_any_size_is_read_alike(tmp_path: Path) -> None:
+    """What the producer relies on to stream a file: records split over lines, blank lines, bad
+    lines and Latin-1 text fall where they fall, and nothing depends on where chunks end."""
+    csv_path = tmp_path / "tricky.csv"
+    lines = [
+        HEADER,
+        '536365,85123A,"TWO-LINE\rDESCRIPTION",6,12/1/2010 8:26,2.55,17850,United Kingdom',
+        "536365,71053,LANTERN,abc,12/1/2010 8:26,3.39,17850,United Kingdom",
+        "",
+        '536366,84879,"BIRD\r\nTWO",32,12/1/2010 8:34,1.69,13047,Curaçao',
+        "536366,22661,BAG,1,12/1/2010 8:34,0.85,13047,United Kingdom,extra",
+        "536367,22139,WAIT\x85,23,12/1/2010 9:41,4.25,,United Kingdom",
+        '536368,85123A,"BROKEN,6,12/1/2010 8:26,2.55,17850,United Kingdom',
+        '536368,71053,"LANTERN, WHITE",6,12/1/2010 8:26,3.39,17850,United Kingdom',
+        "536369,84879,BIRD,32,12/1/2010 10:34,1.69,13047,United Kingdom",
+    ]
+    csv_path.write_bytes("\r\n".join(lines).encode("latin-1"))
+    xlsx_path = tmp_path / "rows.xlsx"
+    rows = pd.DataFrame(
+        [
+            [f"5363{i}", "A", "D", "x" if i == 4 else i, "12/1/2010 8:26", 1.5, 17850, "UK"]
+            for i in range(10)
+        ],
+        columns=list(COLUMNS),
+    )
+    rows.to_excel(xlsx_path, sheet_name="Online Retail", index=False)
+
+    for path in (csv_path, xlsx_path):
+        whole = load_transactions(path)
+        assert len(whole.frame) >= 4 and whole.malformed
+        for chunk_rows in (1, 2, 3, 4):
+            frame, malformed = _chunked(path, chunk_rows)
+            pd.testing.assert_frame_equal(frame, whole.frame)
+            assert malformed == whole.malformed
 
 
 def test_xlsx_with_two_sheets(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The producer's pacing, computed rather than timed: when each invoice message is due."""
+"""The producer's pacing, computed rather than timed: when each invoice message is due; and the
+chunks it reads re-cut so that no invoice straddles two."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.ingest.producer import send_schedule
+from pipelines.ingest.messages import invoice_starts
+from pipelines.ingest.producer import Pacing, whole_invoices
 from pipelines.produce import main as produce
 
 
@@ -16,6 +18,11 @@ def _frame(invoices: list[tuple[str, str, int]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["InvoiceNo", "InvoiceDate"])
     frame["InvoiceDate"] = pd.to_datetime(frame["InvoiceDate"])
     return frame.assign(CustomerID="17850", Country="United Kingdom")
+
+
+def send_schedule(frame: pd.DataFrame, rate: float = 0.0, speedup: float = 0.0) -> np.ndarray:
+    """When each message of `frame`, replayed whole, is due."""
+    return Pacing(rate, speedup).due(frame, invoice_starts(frame))
 
 
 INVOICES = [
@@ -53,7 +60,32 @@ def test_unthrottled_sends_everything_at_once():
 
 def test_rate_and_speedup_exclude_each_other(capsys):
     with pytest.raises(ValueError, match="one of rate and speedup"):
-        send_schedule(_frame(INVOICES), rate=10, speedup=10)
+        Pacing(rate=10, speedup=10)
     with pytest.raises(SystemExit):
         produce(["--rate", "100", "--speedup", "60000"])
     assert "choose one of --rate and --speedup" in capsys.readouterr().err
+
+
+def _chunks(frame: pd.DataFrame, cuts: list[int]) -> list[pd.DataFrame]:
+    bounds = [0, *cuts, len(frame)]
+    return [
+        frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+
+
+@pytest.mark.parametrize("cuts", [[1], [2, 3], [1, 2, 3, 4, 5, 6, 7], [8]])
+def test_chunks_are_recut_at_invoice_boundaries_and_paced_as_a_whole(cuts):
+    frame = _frame(INVOICES)  # 8 rows; invoice 1 spans rows 0-1, invoice 3 rows 3-5
+    recut = list(whole_invoices(_chunks(frame, cuts)))
+
+    whole = pd.concat([chunk for chunk, _ in recut], ignore_index=True)
+    pd.testing.assert_frame_equal(whole, frame)
+    assert [first for _, first in recut] == np.cumsum([0, *(len(c) for c, _ in recut)])[
+        :-1
+    ].tolist()
+    starts = [first + s for chunk, first in recut for s in invoice_starts(chunk)]
+    assert starts == invoice_starts(frame).tolist()  # no invoice cut in two
+    for options in ({"speedup": 3600}, {"rate": 2}):
+        pacing = Pacing(**options)
+        due = [pacing.due(c, invoice_starts(c), first) for c, first in recut]
+        np.testing.assert_allclose(np.concatenate(due), send_schedule(frame, **options))

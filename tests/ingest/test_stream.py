@@ -192,8 +192,10 @@ def test_replay_into_three_windows_holds_the_input_exactly(
     dataset, input_digest, kafka_bootstrap, unique_topic, tmp_path
 ):
     settings = _settings(kafka_bootstrap, unique_topic("retail"))
-    sent = replay(dataset, settings, progress=False)
+    # Read in chunks that end mid-invoice: the producer carries those rows over.
+    sent = replay(dataset, settings, progress=False, chunk_rows=7_001)
     assert sent.rows == ROWS
+    assert sent.messages == len(invoice_starts(load_transactions(dataset).frame))
 
     summary = consume(settings, tmp_path / "windows", max_windows=3, progress=False)
 

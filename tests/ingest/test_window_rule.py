@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import argparse
 import random
+import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.ingest.messages import PoisonMessage, encode_end, encode_invoice
+from pipelines.ingest.window_files import ARROW_SCHEMA
 from pipelines.ingest.window_rule import (
     PERIODS,
+    ClosedWindow,
     LateInvoice,
     WindowBuilder,
     WindowRule,
@@ -26,6 +31,27 @@ from pipelines.ingest.window_rule import (
 )
 
 T0 = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def spill(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the builders of this module keep their open windows' rows."""
+    return tmp_path_factory.mktemp("spill")
+
+
+def _builder(spill: Path, *args, **options) -> WindowBuilder:
+    """A WindowBuilder spilling to a folder of its own."""
+    return WindowBuilder(*args, spill_dir=spill / uuid.uuid4().hex, **options)
+
+
+def _table(window: ClosedWindow) -> pa.Table:
+    """A closed window's rows in file order, as its window file holds them."""
+    return pa.Table.from_batches(list(window.batches()), ARROW_SCHEMA)
+
+
+def _invoice_numbers(window: ClosedWindow) -> list[str]:
+    """The window's invoices in file order."""
+    return list(dict.fromkeys(_table(window)["InvoiceNo"].to_pylist()))
 
 
 def _invoice(number: str, lines: int, replay: str = "r1", seq: int = 0, total: int = 9) -> bytes:
@@ -51,12 +77,12 @@ def _stream(invoices: int, partitions: int, replay: str = "r1", t0: int = T0):
     return logs, total
 
 
-def _run(logs, order: list[int], positions=None, last_closed=None, window_rows=0):
+def _run(spill, logs, order: list[int], positions=None, last_closed=None, window_rows=0, **options):
     """Feed records one at a time from the partitions `order` lists, collecting windows."""
     partitions = sorted(logs)
     positions = positions or {p: 0 for p in partitions}
     rule = WindowRule(rows=window_rows)
-    builder = WindowBuilder(partitions, dict(positions), rule, last_closed=last_closed)
+    builder = _builder(spill, partitions, dict(positions), rule, last_closed=last_closed, **options)
     cursors = dict(positions)
     windows = []
     for partition in order:
@@ -74,12 +100,12 @@ def _round_robin(logs) -> list[int]:
     return [p for _ in range(max(map(len, logs.values()))) for p in sorted(logs)]
 
 
-def test_three_windows_hold_every_row_once_in_file_order():
+def test_three_windows_hold_every_row_once_in_file_order(spill):
     logs, total = _stream(invoices=90, partitions=3)
-    windows = _run(logs, _round_robin(logs))
+    windows = _run(spill, logs, _round_robin(logs))
     assert len(windows) == 3
-    assert sum(map(len, windows)) == total
-    invoices = [i for w in windows for i in w.frame()["InvoiceNo"]]
+    assert sum(w.rows for w in windows) == total
+    invoices = [i for w in windows for i in _table(w)["InvoiceNo"].to_pylist()]
     assert invoices == sorted(invoices)  # file order, across partitions
     # Offsets tile each partition from 0 to just past its last data message.
     for partition, log in logs.items():
@@ -91,42 +117,59 @@ def test_three_windows_hold_every_row_once_in_file_order():
 
 @settings(max_examples=60, deadline=None)
 @given(st.randoms(use_true_random=False))
-def test_any_interleaving_gives_the_same_windows(rng: random.Random):
+def test_any_interleaving_gives_the_same_windows(spill, rng: random.Random):
     logs, _ = _stream(invoices=40, partitions=3)
     order = [p for p, log in logs.items() for _ in log]
     rng.shuffle(order)
-    expected = _run(logs, _round_robin(logs))
-    assert _run(logs, order) == expected
+    expected = _run(spill, logs, _round_robin(logs))
+    got = _run(spill, logs, order)
+    assert got == expected
+    assert list(map(_table, got)) == list(map(_table, expected))
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_windows_spilled_to_disk_hold_the_same_rows_in_the_same_order(spill, rng: random.Random):
+    logs, _ = _stream(invoices=40, partitions=3)
+    order = [p for p, log in logs.items() for _ in log]
+    rng.shuffle(order)
+    expected = _run(spill, logs, _round_robin(logs))
+    got = _run(spill, logs, order, spill_batch_rows=7)  # 7 rows at a time, from 3 partitions
+    assert got == expected
+    assert list(map(_table, got)) == list(map(_table, expected))
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.randoms(use_true_random=False), st.integers(min_value=0, max_value=2))
-def test_resuming_after_any_window_gives_the_same_later_windows(rng: random.Random, cut: int):
+def test_resuming_after_any_window_gives_the_same_later_windows(
+    spill, rng: random.Random, cut: int
+):
     logs, _ = _stream(invoices=40, partitions=3)
-    expected = _run(logs, _round_robin(logs))
+    expected = _run(spill, logs, _round_robin(logs))
     resumed_from = expected[cut]
     positions = {p: end for p, (_, end) in resumed_from.offsets.items()}
     order = [p for p, log in logs.items() for _ in log]
     rng.shuffle(order)
-    later = _run(logs, order, positions=positions, last_closed=resumed_from.key)
+    later = _run(spill, logs, order, positions=positions, last_closed=resumed_from.key)
     assert later == expected[cut + 1 :]
+    assert list(map(_table, later)) == list(map(_table, expected[cut + 1 :]))
 
 
-def test_a_window_waits_for_every_partition():
+def test_a_window_waits_for_every_partition(spill):
     logs, _ = _stream(invoices=30, partitions=2)
     only_partition_0 = [0] * len(logs[0])
-    assert _run(logs, only_partition_0) == []
+    assert _run(spill, logs, only_partition_0) == []
 
 
-def test_window_rows_sets_the_size():
+def test_window_rows_sets_the_size(spill):
     logs, total = _stream(invoices=60, partitions=3)
-    windows = _run(logs, _round_robin(logs), window_rows=20)
+    windows = _run(spill, logs, _round_robin(logs), window_rows=20)
     assert len(windows) == -(-total // 20)
-    assert all(len(w) <= 20 + 2 for w in windows)
+    assert all(w.rows <= 20 + 2 for w in windows)
 
 
-def test_poison_and_late_messages_are_refused_with_a_reason():
-    builder = WindowBuilder([0], {0: 0}, last_closed=(T0, "r1", 1))
+def test_poison_and_late_messages_are_refused_with_a_reason(spill):
+    builder = _builder(spill, [0], {0: 0}, last_closed=(T0, "r1", 1))
     with pytest.raises(PoisonMessage, match="not JSON"):
         builder.add(0, 0, T0, b"{not json")
     header = ["1", "2010-12-01 08:26:00", None, "UK"]
@@ -137,15 +180,15 @@ def test_poison_and_late_messages_are_refused_with_a_reason():
         builder.add(0, 2, T0, _invoice("1", 1))
 
 
-def test_time_windows_follow_record_timestamps():
+def test_time_windows_follow_record_timestamps(spill):
     partitions = [0, 1]
-    builder = WindowBuilder(partitions, {0: 0, 1: 0}, WindowRule("seconds", seconds=10))
+    builder = _builder(spill, partitions, {0: 0, 1: 0}, WindowRule("seconds", seconds=10))
     for offset, seconds in enumerate([0, 5, 12, 25]):
         for p in partitions:
             value = _invoice(f"{offset}{p}", 1, seq=offset * 2 + p, total=100)
             builder.add(p, offset, T0 + seconds * 1000, value)
     closed = [builder.pop_closed(), builder.pop_closed(), builder.pop_closed()]
-    assert [len(w) for w in closed[:2]] == [4, 2]
+    assert [w.rows for w in closed[:2]] == [4, 2]
     assert closed[2] is None  # the window of second 25 has not been passed yet
 
 
@@ -222,7 +265,7 @@ def _feed(builder: WindowBuilder, logs, order: list[int], cursors: dict[int, int
     crash_at=st.floats(0, 1),
 )
 def test_event_time_every_row_lands_once_in_its_window_or_is_late(
-    invoices, period, lateness_hours, rng: random.Random, crash_at: float
+    spill, invoices, period, lateness_hours, rng: random.Random, crash_at: float
 ):
     """Read in any interleaving, killed at any point and resumed from the last window written
     (its offsets and frontiers, as its manifest keeps them) in another interleaving."""
@@ -231,12 +274,13 @@ def test_event_time_every_row_lands_once_in_its_window_or_is_late(
     order = [p for p, log in logs.items() for _ in log]
     rng.shuffle(order)
     start = {p: 0 for p in logs}
-    first = WindowBuilder(sorted(logs), dict(start), rule)
+    first = _builder(spill, sorted(logs), dict(start), rule)
     written, late = _feed(first, logs, order[: int(crash_at * len(order))], dict(start))
 
     last = written[-1] if written else None
     positions = {p: end for p, (_, end) in last.offsets.items()} if last else start
-    resumed = WindowBuilder(
+    resumed = _builder(
+        spill,
         sorted(logs),
         dict(positions),
         rule,
@@ -249,35 +293,36 @@ def test_event_time_every_row_lands_once_in_its_window_or_is_late(
 
     expected_late = _expected_late(dates, places, rule)
     assert late | late_again == {places[i] for i in expected_late}
-    in_windows = [int(invoice.header[0]) for w in windows for invoice in w.invoices]
+    in_windows = [int(number) for w in windows for number in _invoice_numbers(w)]
     assert sorted(in_windows) == sorted(set(range(len(invoices))) - expected_late)
     periods = []
     for window in windows:  # one window per period, holding only that period's invoices
-        (held,) = {_period(dates[int(i.header[0])], period) for i in window.invoices}
+        (held,) = {_period(dates[int(i)], period) for i in _invoice_numbers(window)}
         assert window.bounds == (held.start_time, held.end_time + pd.Timedelta(1, "ns"))
         periods.append(held)
     assert periods == sorted(set(periods))  # closed in order, never twice
 
 
-def test_a_restart_skips_what_it_reads_again_from_a_written_window():
+def test_a_restart_skips_what_it_reads_again_from_a_written_window(spill):
     """Partition 0 holds Dec 2 then Dec 1: the Dec 1 window is written while Dec 2 waits, so a
     restart reads Dec 1 again from offset 1 and must not write it twice."""
     logs, _, _ = _dated_logs([(0, 34), (0, 10), (1, 24 * 3), (0, 24 * 4)], partitions=2)
     rule = WindowRule("event-time", lateness=timedelta(days=2))
-    builder = WindowBuilder([0, 1], {0: 0, 1: 0}, rule)
+    builder = _builder(spill, [0, 1], {0: 0, 1: 0}, rule)
     (dec_1,), _ = _feed(builder, logs, [0, 0, 1, 0], {0: 0, 1: 0})
-    assert [i.header[0] for i in dec_1.invoices] == ["1"]
+    assert _invoice_numbers(dec_1) == ["1"]
     assert dec_1.offsets == {0: [0, 0], 1: [0, 0]}  # Dec 2 and Dec 4 wait at offset 0
 
-    resumed = WindowBuilder([0, 1], {0: 0, 1: 0}, rule, dec_1.key, dict(dec_1.frontiers))
+    resumed = _builder(spill, [0, 1], {0: 0, 1: 0}, rule, dec_1.key, dict(dec_1.frontiers))
     later, late = _feed(resumed, logs, [0, 0, 0, 0, 1, 1], {0: 0, 1: 0})
     assert late == set()
-    assert [[i.header[0] for i in w.invoices] for w in later] == [["0"], ["2"], ["3"]]
+    assert [_invoice_numbers(w) for w in later] == [["0"], ["2"], ["3"]]
 
 
-def test_a_late_invoice_is_refused_naming_its_window_and_the_watermark():
+def test_a_late_invoice_is_refused_naming_its_window_and_the_watermark(spill):
     logs, _, _ = _dated_logs([(0, 24 * 3), (0, 0)], partitions=1)
-    builder = WindowBuilder([0], {0: 0}, WindowRule("event-time", lateness=timedelta(hours=6)))
+    rule = WindowRule("event-time", lateness=timedelta(hours=6))
+    builder = _builder(spill, [0], {0: 0}, rule)
     offset, timestamp, value = logs[0][0]
     builder.add(0, offset, timestamp, value)
     offset, timestamp, value = logs[0][1]
