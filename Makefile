@@ -7,14 +7,20 @@ PY      := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
 
-.PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down generate produce consume \
-        train stream evaluate pipeline serve ui test lint bench-stream bench-train bench-serve
+.PHONY: demo demo-live stop clean install kafka-up kafka-down spark-up spark-down generate produce \
+        consume train stream evaluate pipeline serve ui test lint bench-stream bench-train \
+        bench-serve bench-freshness
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
 	@$(PY) -m infra.demo $(if $(VERBOSE),--verbose)
 
-# Stop what the demo started (its server, and the broker if the demo started it).
+# The stream as it flows: broker, server, the stream service and a producer at a speedup, each
+# window trained as it closes and served as the aliases move, until Ctrl-C. SPEEDUP=X.
+demo-live: install
+	@$(PY) -m infra.demo --live $(if $(VERBOSE),--verbose) $(if $(SPEEDUP),--speedup $(SPEEDUP))
+
+# Stop what the demo started (its server, a live demo's processes, the broker if it started it).
 stop:
 	$(PY) -m infra.demo stop
 
@@ -98,3 +104,7 @@ bench-train: install
 
 bench-serve: install
 	$(PY) -m bench.serve $(BENCH_ARGS)
+
+# From a window's close to the server answering with its version, per window of a live replay.
+bench-freshness: install
+	$(PY) -m bench.freshness $(BENCH_ARGS)
