@@ -12,15 +12,20 @@ ifdef BROKERS
 export KAFKA_BROKERS := $(BROKERS)
 endif
 
-.PHONY: demo stop clean install kafka-up kafka-down spark-up spark-down mlflow-server \
+.PHONY: demo demo-live stop clean install kafka-up kafka-down spark-up spark-down mlflow-server \
         mlflow-server-down generate produce consume train stream evaluate pipeline serve ui test lint \
-        bench-stream bench-train bench-serve bench-scale bench-service-memory
+        bench-stream bench-train bench-serve bench-scale bench-service-memory bench-freshness
 
 # From nothing to three served models: broker, dataset (or DATA=path), stream, train, serve, ask.
 demo: install
 	@$(PY) -m infra.demo $(if $(VERBOSE),--verbose)
 
-# Stop what the demo started (its server, and the broker if the demo started it).
+# The stream as it flows: broker, server, the stream service and a producer at a speedup, each
+# window trained as it closes and served as the aliases move, until Ctrl-C. SPEEDUP=X.
+demo-live: install
+	@$(PY) -m infra.demo --live $(if $(VERBOSE),--verbose) $(if $(SPEEDUP),--speedup $(SPEEDUP))
+
+# Stop what the demo started (its server, a live demo's processes, the broker if it started it).
 stop:
 	$(PY) -m infra.demo stop
 
@@ -127,3 +132,7 @@ bench-scale: install
 # Peak memory of the stream service with windows 1x and 10x the default size (issue 11).
 bench-service-memory: install
 	$(PY) -m bench.service_memory $(BENCH_ARGS)
+
+# From a window's close to the server answering with its version, per window of a live replay.
+bench-freshness: install
+	$(PY) -m bench.freshness $(BENCH_ARGS)

@@ -2,6 +2,7 @@
 
     python -m infra.demo [-v]   # broker, dataset, stream, 3 windows, train, serve, ask
     python -m infra.demo stop   # stop the server and the broker the demo started
+    python -m infra.demo --live [--speedup X]   # `make demo-live`: infra/demo_live.py
 
 Run it again and it reuses what is there: the stream gets another replay, the consumer cuts the
 next three windows, training adds three versions and moves the aliases, and the running server
@@ -26,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.kafka_broker import DEFAULT_STATE_DIR, running_cluster
+from infra.live_stream import DEFAULT_SPEEDUP
 from infra.processes import tail_file
 from infra.stages import LOG_DIR, Runner, StageFailed, stage
 from pipelines.config import DEFAULT_WINDOWS, PROJECT_ROOT, Settings, env_or
@@ -79,8 +81,9 @@ def server_pid() -> int | None:
     return pid
 
 
-def serve(port: int) -> bool:
-    """Start the server unless the demo's server already runs; True when started now."""
+def serve(port: int, poll_interval: float = 5, ready: str = "/ready") -> bool:
+    """Start the server unless the demo's server already runs; True when started now. It is
+    waited for until `ready` answers (`/health` when no model may be registered yet)."""
     if server_pid():
         print("    server already running: asking every worker to reload the moved aliases")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/admin/reload", method="POST")
@@ -92,7 +95,15 @@ def serve(port: int) -> bool:
     with SERVER_LOG.open("ab") as log:
         server = subprocess.Popen(
             # Poll often: the demo's next run moves the aliases and wants them picked up at once.
-            [sys.executable, "-m", "serving", "--port", str(port), "--poll-interval", "5"],
+            [
+                sys.executable,
+                "-m",
+                "serving",
+                "--port",
+                str(port),
+                "--poll-interval",
+                str(poll_interval),
+            ],  # fmt: skip
             cwd=PROJECT_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -100,7 +111,7 @@ def serve(port: int) -> bool:
         )
     SERVER_PID.write_text(str(server.pid))
     try:
-        _wait_until_ready(server, port)
+        _wait_until_ready(server, port, ready)
     except BaseException:  # Ctrl-C or never ready: no server is left behind untracked
         stop_server()
         raise
@@ -108,11 +119,11 @@ def serve(port: int) -> bool:
     return True
 
 
-def _wait_until_ready(server: subprocess.Popen, port: int) -> None:
+def _wait_until_ready(server: subprocess.Popen, port: int, ready: str) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=2).read()
             return
         except OSError:
             if server.poll() is not None:
@@ -144,23 +155,32 @@ def _predict(port: int, alias: str) -> tuple[str, str]:
 
 
 def stop() -> None:
-    """Stop the demo's server, and the broker if the demo started it; nothing else."""
+    """Stop the demo's server, a live demo's stream service and producer, and the broker if the
+    demo started it; nothing else."""
+    from infra.demo_live import stop_leftovers  # it imports this module
+
+    stop_leftovers()
     stop_server()
     stop_broker()
 
 
-def stop_server() -> None:
+def stop_server(quiet: bool = False) -> None:
     pid = server_pid()
     if pid:
         os.killpg(pid, signal.SIGTERM)
-        print(f"stopped the server (pid {pid})")
+        if not quiet:
+            print(f"stopped the server (pid {pid})")
     SERVER_PID.unlink(missing_ok=True)
 
 
-def stop_broker() -> None:
+def stop_broker(quiet: bool = False) -> None:
     """The broker, if a demo started it (`BROKER_MARK`)."""
     if BROKER_MARK.exists():
-        subprocess.run([sys.executable, "-m", "infra.kafka_broker", "down"], cwd=PROJECT_ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "infra.kafka_broker", "down"],
+            cwd=PROJECT_ROOT,
+            capture_output=quiet,
+        )
         BROKER_MARK.unlink()
 
 
@@ -233,9 +253,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show every stage's whole output"
     )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="the stream as it flows: the stream service trains each window as the producer's "
+        "replay closes it, until Ctrl-C (make demo-live)",
+    )
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        help=f"with --live: replay the dataset X times faster than it happened (default "
+        f"{DEFAULT_SPEEDUP:,.0f}: a month of invoices in about 26 s)",
+    )
     args = parser.parse_args(argv)
+    if args.speedup is not None and not (args.live and args.speedup > 0):
+        parser.error(f"--speedup goes with --live and must be > 0, got {args.speedup}")
     if args.action == "stop":
         stop()
+    elif args.live:
+        from infra.demo_live import live  # it imports this module
+
+        live(args.port, args.verbose, args.speedup or DEFAULT_SPEEDUP)
     else:
         demo(args.port, args.verbose)
     return 0

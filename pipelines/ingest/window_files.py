@@ -69,7 +69,16 @@ class Manifest:
     window_end: str | None = None
     frontiers: dict[int, list] | None = None
     schema_version: int = 1
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # When the consumer closed the window and wrote it (UTC, to the millisecond): where the
+    # window's freshness starts, which the stream service logs and bench/freshness.py measures.
+    created_at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat("T", "milliseconds")
+    )
+
+    @property
+    def closed_at(self) -> float:
+        """`created_at` in seconds since the epoch."""
+        return datetime.fromisoformat(self.created_at).timestamp()
 
     @property
     def parquet_name(self) -> str:

@@ -37,12 +37,22 @@ def window_tags(manifest: Manifest) -> dict[str, str]:
     return {WINDOW_TAG: str(manifest.window), WINDOW_DIGEST_TAG: manifest.digest}
 
 
+def _match(manifest: Manifest) -> str:
+    return " AND ".join(f"tags.{k} = '{v}'" for k, v in window_tags(manifest).items())
+
+
+def registered_version(client: MlflowClient, name: str, manifest: Manifest) -> ModelVersion | None:
+    """The version the window was registered as, if it was."""
+    versions = client.search_model_versions(f"name = '{name}' AND {_match(manifest)}")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
 def lookup(client: MlflowClient, name: str, experiment_id: str, manifest: Manifest) -> WindowState:
     """The window's version, else its finished run; marks its crashed (RUNNING) runs failed."""
-    match = " AND ".join(f"tags.{k} = '{v}'" for k, v in window_tags(manifest).items())
-    versions = client.search_model_versions(f"name = '{name}' AND {match}")
-    if versions:
-        return WindowState(min(versions, key=lambda v: int(v.version)), None)
+    version = registered_version(client, name, manifest)
+    if version is not None:
+        return WindowState(version, None)
+    match = _match(manifest)
     runs = client.search_runs([experiment_id], match, order_by=["attributes.start_time ASC"])
     finished = None
     for run in runs:

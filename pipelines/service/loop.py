@@ -3,7 +3,10 @@ the main thread fits it, gates it, logs it, registers it and moves the aliases.
 
 One SparkSession serves every window. Each window is looked up in the store first
 (pipelines/service/ledger.py), so a restart after a crash finishes only what is missing, and the
-windows already on disk when the service starts are caught up the same way.
+windows already on disk when the service starts are caught up the same way. Each window's fit is
+handed on to the next for its drift metrics; the first window a (re)started process trains gets
+the window before from the store instead (pipelines/service/resume.py). Each window trained logs
+how long after its close its aliases moved, step by step (pipelines/service/timeline.py).
 """
 
 from __future__ import annotations
@@ -16,25 +19,23 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.utils.time import get_current_time_millis
 from pyspark.sql import SparkSession
 
 from pipelines.config import Settings
 from pipelines.ingest.consumer import consume
 from pipelines.ingest.window_files import Manifest, read_manifests
 from pipelines.ingest.window_rule import DEFAULT_RULE, WindowRule
-from pipelines.service import aliases, ledger
+from pipelines.service import aliases, ledger, resume
 from pipelines.service.faults import crash_point
 from pipelines.service.gate import ACCEPTED, REASON_TAG, VERDICT_TAG, Gate, center_shift, judge
+from pipelines.service.timeline import Timeline
 from pipelines.training import registry
 from pipelines.training.fitting import PreviousWindow, Spec, fit_window
 from pipelines.training.report import ModelProfile
-from pipelines.training.tracking import (
-    CLUSTER_SIZE_METRIC,
-    Recorder,
-    Registration,
-    experiment_id,
-)
+from pipelines.training.tracking import Recorder, Registration, experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class Service:
     last_handled: Manifest | None = field(init=False, default=None)
     # Profiles of accepted versions by number, so the gate's drift check reloads no model.
     _profiles: dict[int, ModelProfile] = field(init=False, default_factory=dict)
-    # The window trained just before, for the run's drift metrics (training/drift.py); none for
-    # the first window this process trains.
+    # The window trained just before, for the run's drift metrics (training/drift.py); for the
+    # first window this process trains, read from the store (resume.previous_window).
     _previous: PreviousWindow | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -68,9 +69,15 @@ class Service:
         self.experiment_id = experiment_id(self.client, self.settings)
         registry.ensure_registered_model(self.client, self.settings.model_name)
 
-    def run(self, rule: WindowRule = DEFAULT_RULE, until_window: int = 0) -> None:
-        """Consume and train until window `until_window` is handled (0: until interrupted)."""
-        stop = threading.Event()
+    def run(
+        self,
+        rule: WindowRule = DEFAULT_RULE,
+        until_window: int = 0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Consume and train until window `until_window` is handled (0: until interrupted) or
+        `stop` is set (looked at between windows)."""
+        stop = stop or threading.Event()
         failure: list[BaseException] = []
 
         def consumer() -> None:
@@ -90,7 +97,9 @@ class Service:
         thread = threading.Thread(target=consumer, name="consumer", daemon=True)
         thread.start()
         try:
-            while not (until_window and self._handled_up_to() >= until_window):
+            while not stop.is_set() and not (
+                until_window and self._handled_up_to() >= until_window
+            ):
                 if failure:
                     raise RuntimeError(f"the consumer stopped: {failure[0]}") from failure[0]
                 new = [
@@ -101,6 +110,8 @@ class Service:
                 if not new:
                     stop.wait(POLL_SECONDS)
                 for manifest in new:
+                    if stop.is_set():
+                        break
                     self.handle(manifest)
         finally:
             stop.set()
@@ -109,17 +120,20 @@ class Service:
     def handle(self, manifest: Manifest) -> ModelVersion:
         """Bring one window to its registered, gated version and the aliases up to date."""
         window = manifest.window
+        timeline = Timeline(manifest.closed_at)
+        timeline.mark("waited")
         state = ledger.lookup(self.client, self.settings.model_name, self.experiment_id, manifest)
         version, profile = state.version, None
         if version is None:
             if state.finished_run_id is None:
-                run_id, registration, profile = self._train(manifest)
+                run_id, registration, profile = self._train(manifest, timeline)
             else:
                 run_id = state.finished_run_id
                 registration = Registration.of_run(self.client, run_id)
                 log.info("window %d: registering from finished run %s", window, run_id)
             crash_point("logged", window)
             version = self._recorder().register(run_id, registration)
+            timeline.mark("registered")
             crash_point("registered", window)
             if profile is not None and version.tags[VERDICT_TAG] == ACCEPTED:
                 self._profiles[int(version.version)] = profile
@@ -131,29 +145,41 @@ class Service:
             targets,
             after_first_change=lambda: crash_point("aliases", window),
         )
+        timeline.mark("aliases")
         pointed = " ".join(f"{a}=v{v}" for a, v in targets.items() if v is not None)
         log.info(
-            "window %d: version %s %s (%s); aliases %s",
+            "window %d: version %s %s (%s); aliases %s%s",
             window,
             version.version,
             version.tags[VERDICT_TAG],
             version.tags[REASON_TAG],
             pointed or "unset",
+            f"; {timeline.line()}" if profile is not None else "",
         )
+        if profile is not None:  # trained here: how fresh its model is, beside its other metrics
+            now = get_current_time_millis()
+            metrics = [Metric(key, value, now, 0) for key, value in timeline.metrics().items()]
+            self.client.log_batch(version.run_id, metrics=metrics)
         self.last_handled = manifest
         return version
 
-    def _train(self, manifest: Manifest) -> tuple[str, Registration, ModelProfile]:
+    def _train(
+        self, manifest: Manifest, timeline: Timeline
+    ) -> tuple[str, Registration, ModelProfile]:
         """Fit the window, judge it against the current newest accepted version, log the run."""
-        previous = self._previous
+        previous = self._previous or resume.previous_window(
+            self.spark, self.client, self.settings.model_name, self.windows_dir, manifest.window
+        )
         fit = fit_window(self.spark, self.windows_dir, manifest.window, self.spec, None, previous)
         crash_point("fit", manifest.window)
         model3 = self._newest_accepted_profile()
         chosen = fit.chosen
         shift = center_shift(fit.profile, model3) if model3 else None
         verdict = judge(self.gate, chosen.k, chosen.min_share, chosen.silhouette, shift)
+        timeline.mark("fit")
         tags = {**ledger.window_tags(manifest), **verdict.tags}
         run_id, registration = self._recorder().log_run(fit, previous, tags)
+        timeline.mark("logged")
         self._previous = PreviousWindow.of(fit)
         return run_id, registration, fit.profile
 
@@ -176,18 +202,9 @@ class Service:
             return None
         newest = accepted[-1]
         number = int(newest.version)
-        if number not in self._profiles:
-            self._profiles[number] = self._load_profile(newest)
+        if number not in self._profiles:  # registered before this process started
+            self._profiles[number] = resume.load_profile(self.client, newest)[1]
         return self._profiles[number]
-
-    def _load_profile(self, version: ModelVersion) -> ModelProfile:
-        """The profile of a version registered before this process started, from its model and
-        its run's metrics (a loaded model has no training summary to count its clusters)."""
-        model = mlflow.spark.load_model(f"models:/{version.name}/{version.version}")
-        metrics = self.client.get_run(version.run_id).data.metrics
-        sizes = [int(metrics[f"{CLUSTER_SIZE_METRIC}{i}"]) for i in range(int(version.tags["k"]))]
-        window = int(version.tags[ledger.WINDOW_TAG])
-        return ModelProfile.of(window, model, metrics["silhouette"], sizes)
 
     def _handled_up_to(self) -> int:
         return self.last_handled.window if self.last_handled else 0

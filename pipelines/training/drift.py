@@ -38,6 +38,14 @@ from pipelines.training.report import ModelProfile, center_shifts
 CLUSTER = "cluster"
 PREVIOUS_CLUSTER = "previous_cluster"
 
+# The metrics a run logs about its drift (`Drift.metrics`), also read back to chart it.
+DRIFT_METRICS = (
+    *(f"psi_{name}" for name in FEATURES),
+    "center_shift_max",
+    "center_shift_mean",
+    "ari_previous_model",
+)
+
 # Deciles of the previous window: the customary PSI binning, and with a few thousand customers
 # every bin still holds hundreds of them, so the shares are not noise.
 PSI_BINS = 10
@@ -129,14 +137,15 @@ class Drift:
     not_continued: tuple[int, ...]  # previous clusters no new cluster continues (k went down)
 
     def metrics(self) -> dict[str, float]:
-        """The run's drift metrics, by MLflow key."""
+        """The run's drift metrics, by MLflow key (DRIFT_METRICS)."""
         shifts = self.segments["center_shift_std"].dropna()
-        return {
-            **{f"psi_{name}": value for name, value in self.psi.items()},
-            "center_shift_max": float(shifts.max()),
-            "center_shift_mean": float(shifts.mean()),
-            "ari_previous_model": self.ari,
-        }
+        values = (
+            *(self.psi[name] for name in FEATURES),
+            float(shifts.max()),
+            float(shifts.mean()),
+            self.ari,
+        )
+        return dict(zip(DRIFT_METRICS, values, strict=True))
 
     def segment_map_json(self) -> str:
         """The segment map as a dashboard reads it: follow one segment across retrainings.

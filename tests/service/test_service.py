@@ -1,6 +1,7 @@
 """The service over a real stream: each window closed by the consumer becomes one run and one
-registered version, the aliases follow the three newest accepted versions, and a version the
-gate rejects leaves the aliases where they were."""
+registered version, the aliases follow the three newest accepted versions, a version the gate
+rejects leaves the aliases where they were, and a restarted service measures the drift of its
+first window against the window before."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pipelines.ingest.window_files import read_manifests
 from pipelines.service.aliases import alias_targets
 from pipelines.service.gate import Gate
 from pipelines.service.loop import Service
+from pipelines.training.drift import DRIFT_METRICS
+from pipelines.training.tracking import DRIFT_AGAINST_TAG, DRIFT_CHART, SEGMENT_MAP
 from tests.service.conftest import SPEC, WINDOWS, StreamRun, snapshot
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
@@ -85,3 +88,34 @@ def test_a_rejected_version_stays_registered_and_the_aliases_do_not_move(
             "model2": 3,
         }
     )
+
+
+def test_a_restarted_service_measures_its_first_window_against_the_window_before(
+    undisturbed: StreamRun, spark: SparkSession, tmp_path: Path
+) -> None:
+    """A new Service (a restarted process: nothing in memory) trains window 2 after another
+    trained window 1: its drift is measured against window 1's registered version, as the
+    undisturbed run measured it from memory, not logged as having no window before."""
+    settings = replace(undisturbed.settings, mlflow_tracking_uri=sqlite_tracking_uri(tmp_path))
+    manifests = read_manifests(undisturbed.windows_dir)
+    previous = mlflow.get_tracking_uri()
+    try:
+        Service(settings, undisturbed.windows_dir, SPEC, Gate.of(SPEC), spark).handle(manifests[0])
+        restarted = Service(settings, undisturbed.windows_dir, SPEC, Gate.of(SPEC), spark)
+        version = restarted.handle(manifests[1])
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    run = client.get_run(version.run_id)
+    reference = MlflowClient(undisturbed.uri)
+    (expected,) = reference.search_runs(
+        [reference.get_experiment_by_name(settings.experiment_name).experiment_id],
+        f"tags.window_digest = '{manifests[1].digest}'",
+    )
+    assert run.data.tags[DRIFT_AGAINST_TAG] == expected.data.tags[DRIFT_AGAINST_TAG] == "window-1"
+    assert {key: run.data.metrics[key] for key in DRIFT_METRICS} == pytest.approx(
+        {key: expected.data.metrics[key] for key in DRIFT_METRICS}, rel=1e-9
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {SEGMENT_MAP, DRIFT_CHART} <= artifacts
