@@ -29,6 +29,9 @@ from serving.schemas import (
 )
 from serving.settings import ServingSettings
 
+JSON = "application/json"
+_ROWS = metrics.LabelledCache(metrics.ROWS)
+
 
 def current_registry() -> ModelRegistry:
     return current_app.extensions["serving.registry"]
@@ -77,7 +80,9 @@ def predict(alias: str) -> Response:
     """Cluster of one customer, or of each customer of a batch, by the model at this alias.
 
     Assigns a cluster to one record (`{"cluster": n}`) or to a list (`{"clusters": [...]}`)."""
-    if request.mimetype != "application/json":
+    # The exact header most clients send is compared as it is; anything else is parsed.
+    content_type = request.environ.get("CONTENT_TYPE")
+    if content_type != JSON and request.mimetype != JSON:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.mimetype or 'none'}"
         )
@@ -93,11 +98,11 @@ def predict(alias: str) -> Response:
     model = slot.model.model
     columns = model.input_cols
     if isinstance(body, dict):
-        metrics.ROWS.labels(alias).inc()
+        _ROWS.get(alias).inc()
         response = json_response({"cluster": model.predict_one([body[c] for c in columns])})
     else:
         rows = _matrix(body, columns)
-        metrics.ROWS.labels(alias).inc(len(rows))
+        _ROWS.get(alias).inc(len(rows))
         response = json_response({"clusters": model.predict(rows).tolist()})
     response.headers["X-Model-Version"] = str(slot.model.version)
     return response

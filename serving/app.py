@@ -12,6 +12,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from serving import api, logging_setup, metrics, ops
+from serving.lean_flask import LeanFlask
 from serving.observe import REQUEST_ID_KEY, RequestObserver
 from serving.registry import ModelRegistry, Poller, Slot
 from serving.reload import ReloadBoard
@@ -25,10 +26,10 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
     """Build the app. With `poll`, load the models now and re-resolve the aliases every
     `settings.poll_interval` seconds in a daemon thread; without it, call `registry.refresh()`."""
     settings = settings or ServingSettings.from_env()
-    logging_setup.configure(
+    access_log = logging_setup.configure(
         settings.log_level, settings.log_file, settings.log_max_bytes, settings.log_backups
     )
-    app = Flask(__name__, static_folder=None)
+    app = LeanFlask(__name__, static_folder=None)
     app.config.update(DEBUG=False, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     registry = ModelRegistry(
         settings.tracking_uri, settings.model_name, settings.aliases, on_change=_export_slot
@@ -39,7 +40,8 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
     app.extensions["serving.reload_board"] = board
     app.register_blueprint(api.create_blueprint(settings.aliases))
     app.register_blueprint(ops.bp)
-    app.wsgi_app = RequestObserver(app.wsgi_app, {r.rule for r in app.url_map.iter_rules()})
+    routes = {r.rule for r in app.url_map.iter_rules()}
+    app.wsgi_app = RequestObserver(app.wsgi_app, routes, access_log)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     if poll:

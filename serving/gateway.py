@@ -7,11 +7,14 @@ request timed out. So the server uses granian's RSGI (asyncio) interface and thi
 
 - the body is awaited on the worker's event loop, where a slow client costs a coroutine, not a
   thread, under a deadline (`body_timeout`: 408) and a size limit (`max_body_bytes`: 413, from the
-  Content-Length before reading, or as soon as a chunked body passes it);
+  Content-Length before reading, or as soon as a chunked body passes it). The deadlines are kept
+  in arrival order and swept every `SWEEP_EVERY` seconds, which cancels the reads past theirs:
+  an `asyncio.timeout` per request (a timer and a context manager) cost several times more;
 - only then is the Flask app called, as WSGI (PEP 3333), with the whole body in `wsgi.input`: on
   the event loop thread itself (a prediction is ~0.1 ms of CPU, and one process runs one Python
   thread at a time anyway), except `/admin/*`, which may wait on the other workers and runs on a
-  pool of `threads` threads;
+  pool of `threads` threads. The requests on the loop run one after another, so they share one
+  Flask application context, pushed once (`held_context`) rather than once per request;
 - a worker holding `max_requests` requests (receiving or being answered) refuses the next at once:
   503 with Retry-After, rather than letting it queue unseen.
 
@@ -22,10 +25,11 @@ of a keep-alive connection; `max_connections` bounds the connections a worker ho
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any
@@ -41,6 +45,7 @@ log = logging.getLogger("serving.gateway")
 WSGIApp = Callable[[dict[str, Any], Callable], Iterable[bytes]]
 Answer = tuple[int, list[tuple[str, str]], bytes]
 OFFLOADED = ("/admin/",)  # paths whose requests may block: run on the thread pool
+SWEEP_EVERY = 0.25  # seconds between two looks for body reads past their deadline
 NO_BODY = {"GET", "HEAD", "OPTIONS", "DELETE"}
 JSON = ("Content-Type", "application/json")
 
@@ -51,7 +56,10 @@ def create() -> Gateway:
     from serving.app import create_app
 
     settings = ServingSettings.from_env()
-    return Gateway(create_app(settings), settings)
+    app = create_app(settings)
+    held_context = contextvars.copy_context()
+    held_context.run(app.app_context().push)  # Flask reuses an app context already pushed
+    return Gateway(app, settings, held_context)
 
 
 def _exit_on_stop_while_loading() -> None:
@@ -74,18 +82,30 @@ def error_answer(status: int, message: str, *headers: tuple[str, str]) -> Answer
 
 
 class Gateway:
-    """An RSGI application (granian's asyncio interface) that serves a WSGI app."""
+    """An RSGI application (granian's asyncio interface) that serves a WSGI app.
 
-    def __init__(self, app: WSGIApp, settings: ServingSettings) -> None:
+    With `held_context`, the app runs inside that context on the event loop thread (not on the
+    pool's threads): for a Flask app, one with its application context pushed."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        settings: ServingSettings,
+        held_context: contextvars.Context | None = None,
+    ) -> None:
         self.app = app
         self.body_timeout = settings.body_timeout
         self.max_body = settings.max_body_bytes
         self.max_requests = settings.max_requests
         self.threads = settings.threads
-        self.in_flight = 0  # touched on the event loop thread only
+        self.held_context = held_context
+        self.in_flight = 0  # touched on the event loop thread only, as the two below
+        self._deadlines: dict[asyncio.Task, float] = {}  # body reads, in deadline order
+        self._expired: set[asyncio.Task] = set()  # reads cancelled for their deadline
         self.executor: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._header_keys: dict[str, str | None] = {}
+        self._servers: dict[str, tuple[str, str]] = {}
         self._base = {
             "SCRIPT_NAME": "",
             "wsgi.version": (1, 0),
@@ -100,6 +120,7 @@ class Gateway:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="serving")
+        loop.call_soon(self._sweep)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.executor is not None:
@@ -130,11 +151,11 @@ class Gateway:
         if length is not None:
             if int(length) > self.max_body:  # hyper has checked it is a number
                 return self._too_large()
-            body = await self._receive(protocol(), scope)
+            body = await self._receive(protocol())
         elif scope.method in NO_BODY and "transfer-encoding" not in headers:
             body = b""
         else:  # chunked: count as it comes
-            body = await self._receive(self._chunks(protocol), scope)
+            body = await self._receive(self._chunks(protocol))
         if body is None:
             return self._too_large()
         if isinstance(body, tuple):
@@ -142,16 +163,40 @@ class Gateway:
         environ = self._environ(scope, headers, body)
         if scope.path.startswith(OFFLOADED):
             return await self.loop.run_in_executor(self.executor, self._call, environ)
+        if self.held_context is not None:
+            return self.held_context.run(self._call, environ)
         return self._call(environ)
 
-    async def _receive(self, reading: Any, scope: Any) -> bytes | None | Answer:
+    async def _receive(self, reading: Awaitable[bytes | None]) -> bytes | None | Answer:
+        """The body, or a 408 answer once `body_timeout` has passed (to within SWEEP_EVERY)."""
+        task = asyncio.current_task()
+        self._deadlines[task] = self.loop.time() + self.body_timeout
         try:
-            async with asyncio.timeout(self.body_timeout):
-                return await reading
-        except TimeoutError:
+            return await reading
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
             return error_answer(
                 408, f"the request body did not arrive within {self.body_timeout:g} seconds"
             )
+        finally:
+            self._deadlines.pop(task, None)
+
+    def _sweep(self) -> None:
+        """Cancel the body reads whose deadline has passed, then come back in SWEEP_EVERY."""
+        now = self.loop.time()
+        late = []
+        for task, deadline in self._deadlines.items():  # in deadline order: stop at the first
+            if deadline > now:
+                break
+            late.append(task)
+        for task in late:
+            del self._deadlines[task]
+            self._expired.add(task)
+            task.cancel()
+        self.loop.call_later(SWEEP_EVERY, self._sweep)
 
     async def _chunks(self, protocol: Any) -> bytes | None:
         """A body without Content-Length, or None once it passes the limit."""
@@ -169,15 +214,18 @@ class Gateway:
         path = scope.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
-        server, _, server_port = scope.server.rpartition(":")
+        server = self._servers.get(scope.server)
+        if server is None:  # one per listening address
+            name, _, port = scope.server.rpartition(":")
+            server = self._servers[scope.server] = (name.strip("[]"), port)
         client, _, client_port = scope.client.rpartition(":")
         environ = {
             **self._base,
             "REQUEST_METHOD": scope.method,
             "PATH_INFO": path,
             "QUERY_STRING": scope.query_string,
-            "SERVER_NAME": server.strip("[]"),
-            "SERVER_PORT": server_port,
+            "SERVER_NAME": server[0],
+            "SERVER_PORT": server[1],
             "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
             "REMOTE_ADDR": client.strip("[]"),
             "REMOTE_PORT": client_port,

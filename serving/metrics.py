@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -54,6 +55,26 @@ MODEL_LOADED = Gauge(
     ["alias"],
     multiprocess_mode="livemin",
 )
+
+
+class LabelledCache:
+    """A metric's children by label values, made by `labels()` once per distinct values:
+    `labels()` converts, checks and locks on every call, and the hot path calls it per request.
+    Holds at most `limit` children; beyond, `labels()` is called each time (a client sending
+    many distinct methods still gets counted)."""
+
+    def __init__(self, metric: Any, limit: int = 256) -> None:
+        self.metric = metric
+        self.limit = limit
+        self._children: dict[tuple, Any] = {}
+
+    def get(self, *values: object) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._children) < self.limit:
+                self._children[values] = child
+        return child
 
 
 def render() -> tuple[bytes, str]:

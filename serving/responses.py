@@ -23,7 +23,11 @@ def error_payload(message: str, **extra: Any) -> dict[str, Any]:
 
 
 def json_response(payload: object, status: int = 200) -> Response:
-    return Response(json_body(payload), status=status, mimetype="application/json")
+    """The body is already bytes: handed to the server as it is (`direct_passthrough`), not
+    wrapped in Werkzeug's encoding and closing iterators."""
+    return Response(
+        json_body(payload), status=status, content_type="application/json", direct_passthrough=True
+    )
 
 
 def error_response(message: str, status: int, **extra: Any) -> Response:
