@@ -73,7 +73,6 @@ class LoadedChunk:
 
     frame: pd.DataFrame  # as LoadResult.frame
     malformed: list[MalformedLine]
-    file: str
 
 
 @dataclass
@@ -128,7 +127,7 @@ def iter_transactions(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterato
             with _collector_paused():
                 frame, bad = _convert(block)
             found = sorted(block.malformed + bad, key=lambda m: m.line)
-            yield LoadedChunk(frame, [replace(m, file=str(file)) for m in found], str(file))
+            yield LoadedChunk(frame, [replace(m, file=str(file)) for m in found])
 
 
 def input_files(path: str | Path) -> list[Path]:

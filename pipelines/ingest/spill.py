@@ -38,7 +38,7 @@ from pipelines.ingest.window_files import ARROW_SCHEMA, rows_digest
 
 # Rows an open window buffers in memory before they go to its files: the consumer's memory per
 # open window, whatever the window's size.
-SPILL_BATCH_ROWS = 50_000
+SPILL_BATCH_ROWS = 20_000
 SPILL_FOLDER = ".spill"
 SEQ = "_seq"  # the message's seq, kept beside each spilled row for the merge
 _SCHEMA = ARROW_SCHEMA.append(pa.field(SEQ, pa.int64()))

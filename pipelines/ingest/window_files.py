@@ -43,7 +43,7 @@ ARROW_SCHEMA = pa.schema(
 )
 # Rows per Parquet row group. Fixed, so that a window's file has the same bytes however its rows
 # reached the writer, and small enough that the writer's buffer does not grow with the window.
-ROW_GROUP_ROWS = 100_000
+ROW_GROUP_ROWS = 50_000
 
 
 @dataclass
