@@ -7,7 +7,9 @@ tests all ask here.
 from __future__ import annotations
 
 import errno
+import random
 import socket
+from pathlib import Path
 
 from infra.errors import BrokerError
 
@@ -29,19 +31,33 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
 
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    return free_port_run(1)
 
 
 def free_port_run(count: int) -> int:
     """A free port P with P+1 .. P+count-1 free too: room for a private Kafka cluster, two ports
-    per node (tests)."""
-    for _ in range(50):
-        port = free_port()
-        if port + count - 1 <= 65535 and not any(port_in_use(port + i) for i in range(1, count)):
+    per node (tests).
+
+    Chosen below the kernel's ephemeral range, which it never hands out by itself (a client's
+    source port, a bind to port 0): a port picked here and bound a moment later, or freed and
+    bound again when a broker restarts, cannot have been taken meanwhile by another process's
+    connection, as happened with two test workers.
+    """
+    first, end = _below_ephemeral()
+    for _ in range(200):
+        port = random.randrange(first, end - count + 1)
+        if not any(port_in_use(port + i) for i in range(count)):
             return port
-    raise BrokerError(f"found no {count} consecutive free ports on {LOOPBACK}")
+    raise BrokerError(f"found no {count} consecutive free ports on {LOOPBACK} in {first}-{end}")
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    """[first, end): the 12,000 ports below the ephemeral range (Linux's ip_local_port_range)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return max(1024, low - 12_000), low
 
 
 def free_port_pair() -> int:
