@@ -25,17 +25,6 @@ FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 access_log = logging.getLogger("serving.access")
 
-# This process's id, kept current in forked children without a system call per access line.
-_pid = os.getpid()
-
-
-def _after_fork() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
 
 class SharedRotatingFileHandler(RotatingFileHandler):
     """A RotatingFileHandler that several processes can write and rotate together."""
@@ -104,10 +93,10 @@ class AccessLog:
             access_log.info("%s", message)
             return
         now = time.time()
-        second = int(now)
-        if second != self._second or self._pid != _pid:
+        second, pid = int(now), os.getpid()  # a worker forked from a process that logged
+        if second != self._second or pid != self._pid:
             self._head, self._tail = self._parts(second)
-            self._second, self._pid = second, _pid
+            self._second, self._pid = second, pid
         line = f"{self._head}{int((now - second) * 1000):03d}{self._tail}{message}\n"
         handler = self.handler
         handler.acquire()
