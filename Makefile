@@ -106,10 +106,12 @@ ui: install
 		--host 127.0.0.1 --port "$${MLFLOW_UI_PORT:-5001}";; esac
 
 # The tests start the Kafka broker they need when none answers, and stop it (tests/conftest.py).
-# The files are spread over TEST_WORKERS pytest-xdist workers (0: all in this process).
-TEST_WORKERS ?= 2
+# The files are spread over TEST_WORKERS pytest-xdist workers (0: all in this process), the files
+# with slow tests first (tests/conftest.py). Most tests wait on a JVM, a broker or a subprocess:
+# three workers keep two cores busy where two left them a third idle.
+TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check .

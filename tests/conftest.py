@@ -7,8 +7,8 @@ KAFKA_BOOTSTRAP_SERVERS, else the local cluster of KAFKA_BROKERS nodes from 127.
 Each stage's own fixtures are in its tests/<stage>/conftest.py. Spark and MLflow are imported
 inside the fixtures, so tests that need neither never load them.
 
-`make test` runs the files on two pytest-xdist workers: most tests wait on a JVM, a broker or a
-subprocess, and two of them overlap those waits. The workers share one broker, and what is costly
+`make test` runs the files on three pytest-xdist workers: most tests wait on a JVM, a broker or a
+subprocess, and the workers overlap those waits. The workers share one broker, and what is costly
 to make (a training, a run of the stream service) is made once per run by whichever worker asks
 first (`once_per_run`).
 """
@@ -86,6 +86,17 @@ def once_per_run(
         result = make()
         shared.write_bytes(pickle.dumps(result))
         return result
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with slow tests first, in pytest-randomly's order otherwise (a stable sort).
+
+    xdist hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`;
+    by default it orders them by their number of tests, which put the one-test quick start, the
+    longest file, last). Longest first is what keeps the workers' finishing times together."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")
