@@ -17,7 +17,13 @@ from pipelines.contract import EXAMPLE_RECORD
 from serving import metrics
 from serving.openapi import documented, error
 from serving.registry import ModelRegistry
-from serving.responses import error_response, json_response
+from serving.responses import (
+    body_response,
+    cluster_body,
+    error_response,
+    json_body,
+    json_response,
+)
 from serving.schemas import (
     BadRequest,
     Cluster,
@@ -37,17 +43,17 @@ def current_registry() -> ModelRegistry:
     return current_app.extensions["serving.registry"]
 
 
-def _read_body(limit: int) -> bytes:
+def _read_body(environ: dict, limit: int) -> bytes:
     """The raw body; 413 beyond `limit` bytes, also when it comes chunked (Werkzeug's stream
     then stops quietly at the limit, so the rest would be cut off rather than refused)."""
     length = request.content_length
     if length is not None:
         if length > limit:
             raise RequestEntityTooLarge()
-        return request.environ["wsgi.input"].read(length)
-    if not request.environ.get("wsgi.input_terminated"):  # no length, no framing: no body
+        return environ["wsgi.input"].read(length)
+    if not environ.get("wsgi.input_terminated"):  # no length, no framing: no body
         return b""
-    body = request.environ["wsgi.input"].read(limit + 1)
+    body = environ["wsgi.input"].read(limit + 1)
     if len(body) > limit:
         raise RequestEntityTooLarge()
     return body
@@ -81,31 +87,31 @@ def predict(alias: str) -> Response:
 
     Assigns a cluster to one record (`{"cluster": n}`) or to a list (`{"clusters": [...]}`)."""
     # The exact header most clients send is compared as it is; anything else is parsed.
-    content_type = request.environ.get("CONTENT_TYPE")
-    if content_type != JSON and request.mimetype != JSON:
+    environ = request.environ
+    if environ.get("CONTENT_TYPE") != JSON and request.mimetype != JSON:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.mimetype or 'none'}"
         )
-    settings: ServingSettings = current_app.extensions["serving.settings"]
+    extensions = current_app.extensions
+    settings: ServingSettings = extensions["serving.settings"]
     try:
-        body = parse_body(_read_body(settings.max_body_bytes), settings.max_batch)
+        body = parse_body(_read_body(environ, settings.max_body_bytes), settings.max_batch)
     except BadRequest as exc:
         return error_response(str(exc), 400)
 
-    slot = current_registry().slot(alias)  # read once: a swap meanwhile does not affect it
+    slot = extensions["serving.registry"].slot(alias)  # read once: a swap does not affect it
     if slot.model is None:
         return error_response(f"model {alias} is not available: {slot.error}", 503)
     model = slot.model.model
     columns = model.input_cols
     if isinstance(body, dict):
         _ROWS.get(alias).inc()
-        response = json_response({"cluster": model.predict_one([body[c] for c in columns])})
+        answer = cluster_body(model.predict_one([body[c] for c in columns]))
     else:
         rows = _matrix(body, columns)
         _ROWS.get(alias).inc(len(rows))
-        response = json_response({"clusters": model.predict(rows).tolist()})
-    response.headers["X-Model-Version"] = str(slot.model.version)
-    return response
+        answer = json_body({"clusters": model.predict(rows).tolist()})
+    return body_response(answer, headers=[("X-Model-Version", str(slot.model.version))])
 
 
 @documented(responses={200: (Models, "The loaded models")})

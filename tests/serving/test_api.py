@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.predictor import NearestCenter
+from serving.responses import cluster_body, json_body
 from serving.settings import ServingSettings
 from tests.serving_fixtures import free_port
 
@@ -48,6 +49,11 @@ def client(app: Flask) -> FlaskClient:
 def post(client: FlaskClient, body: bytes | str, path: str = SEED_PATH, **kwargs):
     kwargs.setdefault("content_type", "application/json")
     return client.post(path, data=body, **kwargs)
+
+
+def test_the_single_record_answer_is_the_seeds_json() -> None:
+    for cluster in (0, 1, 9, 31):
+        assert cluster_body(cluster) == json_body({"cluster": cluster})
 
 
 def test_seed_request_gets_a_cluster(client: FlaskClient, app: Flask) -> None:
