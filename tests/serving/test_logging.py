@@ -69,3 +69,22 @@ def test_no_access_lines_below_info(tmp_path: Path) -> None:
     access("a request")
     logging.getLogger("serving").warning("a warning")
     assert [line.split(": ", 1)[1] for line in path.read_text().splitlines()] == ["a warning"]
+
+
+def test_a_log_moved_away_by_another_program_is_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes look the path up again at least every LOOK_EVERY seconds (logrotate, deletion)."""
+    path = tmp_path / "serving.log"
+    access = logging_setup.configure("INFO", path, max_bytes=1_000_000, backups=1)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    access("before")
+    path.rename(tmp_path / "moved.log")
+    access("soon after")  # within LOOK_EVERY: still the file the worker has open
+    clock[0] += logging_setup.LOOK_EVERY
+    access("after")
+    moved = [line.rsplit(": ", 1)[1] for line in (tmp_path / "moved.log").read_text().splitlines()]
+    now = [line.rsplit(": ", 1)[1] for line in path.read_text().splitlines()]
+    assert moved[0] == "before" and now[-1] == "after"
+    assert moved + now == ["before", "soon after", "after"]  # none lost
