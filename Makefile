@@ -40,11 +40,13 @@ clean:
 
 install: $(VENV)/.installed
 
-# pip's output (and setuptools' editable-install banner) goes to logs/install.log.
+# uv installs the dependencies (pip only installs uv): several times faster than pip on a fresh venv
+# (pyspark alone is 300 MB), which is also what the quick-start test does. Compiled to bytecode
+# as pip does. The output goes to logs/install.log.
 $(VENV)/.installed: pyproject.toml
 	@infra/logged.sh logs/install.log "install $(VENV): the project and its dev extras" sh -c \
-		'$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --upgrade pip && \
-		 $(PY) -m pip install -e ".[dev]"'
+		'$(PYTHON) -m venv $(VENV) && $(PY) -m pip install uv && \
+		 $(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -e ".[dev]"'
 	@touch $@
 
 kafka-up: install

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import pickle
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +57,13 @@ if not hasattr(sys.modules["__main__"], "__file__"):
     sys.modules["__main__"].__file__ = "<pytest-xdist worker>"
 
 T = TypeVar("T")
+
+# The tests that press Ctrl-C (SIGINT to a process or its group) need it handled as at a terminal.
+# A run started in the background by a shell without job control (`make test &` in a script)
+# ignores SIGINT, and the processes the tests start would inherit that: a Python handler instead
+# is reset to the default in every program they exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextmanager

@@ -163,8 +163,8 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
             assert response.headers["X-Model-Version"] == str(version)
             assert re.fullmatch(r'\{"cluster": \d+\}', response.text), response.text
 
-        # Again, on a file of the user's (DATA=, the head of the first one: a shorter training):
-        # the next three windows become versions 4-6 and the running server follows.
+        # Again, on a file of the user's (DATA=, the head of the first one): the next three
+        # windows become versions 4-6 and the running server follows.
         head = tmp_path / "retail-head.csv"
         with (clone / "data" / "online_retail.csv").open() as full, head.open("w") as out:
             out.writelines(itertools.islice(full, SECOND_DEMO_ROWS + 1))  # and the header
