@@ -15,22 +15,19 @@ import logging
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
-from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import Manifest, read_manifests, window_path
 from pipelines.service import ledger
 from pipelines.training.drift import CLUSTER, DRIFT_METRICS, HistoryPoint, Snapshot
 from pipelines.training.features import clean, customer_features
 from pipelines.training.fitting import PreviousWindow
-from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.registry import SEGMENTS_TAG
 from pipelines.training.report import ModelProfile
+from pipelines.training.scoring import place
 from pipelines.training.tracking import CLUSTER_SIZE_METRIC
 
 log = logging.getLogger(__name__)
@@ -61,7 +58,7 @@ def previous_window(
     cleaned = clean(
         spark.read.parquet(*[str(window_path(windows_dir, int(i))) for i in trained_on])
     )
-    customers = _placed(customer_features(cleaned.rows), model)
+    customers = place(customer_features(cleaned.rows), model, CLUSTER)
     segments = sorted(json.loads(version.tags[SEGMENTS_TAG]), key=lambda s: s["id"])
     history = tuple(
         _history_point(client, manifest, versions[manifest.window])
@@ -72,14 +69,6 @@ def previous_window(
     return PreviousWindow(
         Snapshot(profile, customers, [s["name"] for s in segments]), model, history
     )
-
-
-def _placed(features: DataFrame, model: PipelineModel) -> pd.DataFrame:
-    """Every customer's FEATURES and CLUSTER under `model`, in one Spark job: what the drift of
-    the next window compares with (the training keeps the same of the window it just fitted)."""
-    columns = list(FEATURES)
-    placed = model.transform(features.select(*columns))
-    return placed.select(*columns, F.col(PREDICTION_COL).alias(CLUSTER)).toPandas()
 
 
 def _history_point(client: MlflowClient, manifest: Manifest, version: ModelVersion) -> HistoryPoint:

@@ -65,3 +65,11 @@ def score(
         clusters={k: rows[_cluster_column(k)].to_numpy() for k in kmeans},
         previous=rows[_PREVIOUS].to_numpy() if previous_model is not None else None,
     )
+
+
+def place(features: DataFrame, model: PipelineModel, column: str = PREDICTION_COL) -> pd.DataFrame:
+    """Every customer's FEATURES and, as `column`, its cluster under `model` (a whole pipeline,
+    fitted or loaded), in one Spark job: for one model, where `score` is for a window's fits."""
+    placed = model.transform(features.select(*FEATURES))
+    prediction = model.stages[-1].getPredictionCol()
+    return placed.select(*FEATURES, F.col(prediction).alias(column)).toPandas()

@@ -31,6 +31,8 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
 from pipelines.data.schema import FEATURES
+from pipelines.training.recipe import PREDICTION_COL
+from pipelines.training.scoring import place
 
 # Name thresholds: ratios of a segment's median to the median of all customers (module docstring).
 WHOLESALE_BASKET = 4.0
@@ -61,13 +63,9 @@ def segment_profiles(model: PipelineModel, features: DataFrame) -> pd.DataFrame:
     as pipelines/training/features.py makes them; the model assigns the clusters, in one Spark
     job, and `profile_segments` does the rest.
     """
-    kmeans = model.stages[-1]
-    scored = model.transform(features.select(*FEATURES)).select(
-        *FEATURES, kmeans.getPredictionCol()
-    )
-    rows = scored.toPandas()
+    rows = place(features, model)
     return profile_segments(
-        rows[list(FEATURES)], rows[kmeans.getPredictionCol()].to_numpy(), kmeans.getK()
+        rows[list(FEATURES)], rows[PREDICTION_COL].to_numpy(), model.stages[-1].getK()
     )
 
 
