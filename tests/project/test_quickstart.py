@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from mlflow import MlflowClient
 
 from infra.kafka_broker import cluster_answers, running_cluster
 from infra.ports import free_port, free_port_pair
-from pipelines.config import PROJECT_ROOT
+from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.contract import EXAMPLE_RECORD
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -111,6 +112,23 @@ def _interrupt_demo(clone: Path, env: dict[str, str], after: str, log: Path) -> 
     return output
 
 
+def _check_project_runs(clone: Path) -> None:
+    """`mlflow run . -e train`, as the demo calls it: the window runs are children of the project
+    run, in the clone's own store, and the project run records the versions it registered."""
+    settings = Settings()
+    client = MlflowClient(f"sqlite:///{clone}/mlflow.db")
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    project_run, *window_runs = runs
+    assert (project_run.data.params["first-window"], project_run.data.params["windows"]) == (
+        "1",
+        "3",
+    )
+    assert [r.info.run_name for r in window_runs] == ["window-1", "window-2", "window-3"]
+    assert all(r.data.tags["mlflow.parentRunId"] == project_run.info.run_id for r in window_runs)
+    assert project_run.data.tags["registered_versions"] == "model1=v1, model2=v2, model3=v3"
+
+
 def _processes_of(clone: Path) -> list[str]:
     """Live processes running from the clone or naming it on their command line."""
     found = []
@@ -155,6 +173,7 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
         assert [noise for noise in NOISE if noise in first] == [], first
         assert "Successfully installed" in (clone / "logs" / "install.log").read_text()
         assert "=== Running command" in (clone / "logs" / "demo" / "train.log").read_text()
+        _check_project_runs(clone)
 
         # The server the demo left running answers each endpoint over real HTTP, as the seed did.
         for version, alias in enumerate(ALIASES, start=1):

@@ -18,7 +18,7 @@ from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.service.faults import FAIL_AT
 from tests.service.conftest import SPEC_FLAGS, WINDOWS, StreamRun, snapshot
 
-pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 # Each run dies at its point; the next resumes. Together they pass every crash point
 # (pipelines/service/faults.py) and every restart path: nothing yet, a finished run without a

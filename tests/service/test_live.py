@@ -40,9 +40,6 @@ from tests.serving_fixtures import serving_process
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
 
 WINDOWS = 4  # one more than there are aliases: the fourth moves model1 off the first version
-# One k per fit, the cheapest recipe: what is tested here is the flow, not the choice of k
-# (tests/training/). The generated customers split in three with no tiny cluster.
-LIVE_SPEC = replace(SPEC, k=3)
 TIMEOUT = 900.0  # seconds a window may take to be trained and served on a busy machine
 SAME_ANSWERS = 8  # answers in a row, each on a new connection, that must agree
 
@@ -98,7 +95,7 @@ def running_service(
         mlflow_tracking_uri=sqlite_tracking_uri(tmp_path / "store"),
     )
     previous = mlflow.get_tracking_uri()
-    service = Service(settings, tmp_path / "windows", LIVE_SPEC, Gate.of(LIVE_SPEC), spark)
+    service = Service(settings, tmp_path / "windows", SPEC, Gate.of(SPEC), spark)
     stop, failed = threading.Event(), []
 
     def run() -> None:

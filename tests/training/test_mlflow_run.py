@@ -1,6 +1,6 @@
-"""`mlflow run .` as a user types it: the project's entry points in a subprocess, against a real
-SQLite store (and, for `main`, the real broker). The `train` entry point trains the windows of the
-module's shared training (tests/training/conftest.py)."""
+"""`mlflow run . -e main` as a user types it, in a subprocess, against a real SQLite store and the
+real broker. The `train` entry point alone is what `make demo` runs: the quick start checks it
+(tests/project/test_quickstart.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from mlflow import MlflowClient
@@ -18,40 +17,9 @@ from mlflow import MlflowClient
 from pipelines.config import PROJECT_ROOT
 from pipelines.ingest.window_files import read_manifests
 
-if TYPE_CHECKING:
-    from tests.conftest import Training
-
 pytestmark = pytest.mark.spark
 
 NAME = "customer-segmentation"
-
-
-@pytest.mark.slow
-def test_mlflow_run_train_entry_point(
-    training: Training, tracking_uri: str, tmp_path: Path
-) -> None:
-    """`mlflow run . -e train --env-manager local`: the window runs are children of the project
-    run and land in the same store and registry."""
-    client = MlflowClient(tracking_uri)
-    client.create_experiment(NAME, artifact_location=(tmp_path / "artifacts").as_uri())
-    _mlflow_run(
-        _project_env(tracking_uri),
-        "train",
-        "-P",
-        f"windows-dir={training.windows_dir}",
-        "-P",
-        "k=4",
-    )
-
-    experiment = client.get_experiment_by_name(NAME)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    project_run, *window_runs = runs
-    assert project_run.data.params["windows-dir"] == str(training.windows_dir)
-    assert [r.info.run_name for r in window_runs] == ["window-1", "window-2", "window-3"]
-    assert all(r.data.tags["mlflow.parentRunId"] == project_run.info.run_id for r in window_runs)
-    assert project_run.data.tags["registered_versions"] == "model1=v1, model2=v2, model3=v3"
-    for window in (1, 2, 3):
-        assert int(client.get_model_version_by_alias(NAME, f"model{window}").version) == window
 
 
 @pytest.mark.kafka
