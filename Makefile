@@ -3,6 +3,7 @@
 PYTHON  ?= python3.11
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
+SPARK_KAFKA := infra/spark-kafka
 # `mlflow models serve` and `mlflow run` exec tools (uvicorn, python, uv) from PATH: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
@@ -38,13 +39,20 @@ clean:
 	rm -rf .kafka .spark .mlflow-server mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(SPARK_KAFKA)/lib/.pom.sha256
 
 # pip's output (and setuptools' editable-install banner) goes to logs/install.log.
 $(VENV)/.installed: pyproject.toml
 	@infra/logged.sh logs/install.log "install $(VENV): the project and its dev extras" sh -c \
 		'$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --upgrade pip && \
 		 $(PY) -m pip install -e ".[dev]"'
+	@touch $@
+
+# Spark's Kafka connector (for `pipelines.consume --engine spark`), through Maven like the broker's
+# jars; again whenever its pom changes (infra/spark_kafka.py writes the stamp).
+$(SPARK_KAFKA)/lib/.pom.sha256: $(SPARK_KAFKA)/pom.xml $(VENV)/.installed
+	@infra/logged.sh logs/install.log "fetch Spark's Kafka connector through Maven" \
+		$(PY) -m infra.spark_kafka
 	@touch $@
 
 kafka-up: install
