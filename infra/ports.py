@@ -14,6 +14,10 @@ from pathlib import Path
 from infra.errors import BrokerError
 
 LOOPBACK = "127.0.0.1"
+# Not the `random` module's generator: pytest-randomly seeds that one alike in every test worker
+# before each test, so two workers drew the same "random" ports (seen: a test's server and another
+# worker's broker on one port). The OS's randomness differs per process.
+_CHOOSER = random.SystemRandom()
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:
@@ -45,7 +49,7 @@ def free_port_run(count: int) -> int:
     """
     first, end = _below_ephemeral()
     for _ in range(200):
-        port = random.randrange(first, end - count + 1)
+        port = _CHOOSER.randrange(first, end - count + 1)
         if not any(port_in_use(port + i) for i in range(count)):
             return port
     raise BrokerError(f"found no {count} consecutive free ports on {LOOPBACK} in {first}-{end}")

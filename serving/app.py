@@ -40,6 +40,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
     app.extensions["serving.reload_board"] = board
     app.register_blueprint(api.create_blueprint(settings.aliases))
     app.register_blueprint(ops.bp)
+    api.add_direct_views(app, settings.aliases)
     routes = {r.rule for r in app.url_map.iter_rules()}
     app.wsgi_app = RequestObserver(app.wsgi_app, routes, access_log)
     app.register_error_handler(HTTPException, _http_error)

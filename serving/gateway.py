@@ -105,7 +105,7 @@ class Gateway:
         self.executor: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._header_keys: dict[str, str | None] = {}
-        self._servers: dict[str, tuple[str, str]] = {}
+        self._servers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._base = {
             "SCRIPT_NAME": "",
             "wsgi.version": (1, 0),
@@ -146,13 +146,15 @@ class Gateway:
             self.in_flight -= 1
 
     async def _answer(self, scope: Any, protocol: Any) -> Answer:
+        # Each attribute of granian's scope is converted anew when read: read each once.
         headers = scope.headers
+        method = scope.method
         length = headers.get("content-length")
         if length is not None:
             if int(length) > self.max_body:  # hyper has checked it is a number
                 return self._too_large()
             body = await self._receive(protocol())
-        elif scope.method in NO_BODY and "transfer-encoding" not in headers:
+        elif method in NO_BODY and "transfer-encoding" not in headers:
             body = b""
         else:  # chunked: count as it comes
             body = await self._receive(self._chunks(protocol))
@@ -160,8 +162,8 @@ class Gateway:
             return self._too_large()
         if isinstance(body, tuple):
             return body
-        environ = self._environ(scope, headers, body)
-        if scope.path.startswith(OFFLOADED):
+        environ = self._environ(scope, method, headers, body)
+        if environ["PATH_INFO"].startswith(OFFLOADED):  # the path Flask routes by, decoded
             return await self.loop.run_in_executor(self.executor, self._call, environ)
         if self.held_context is not None:
             return self.held_context.run(self._call, environ)
@@ -210,29 +212,33 @@ class Gateway:
     def _too_large(self) -> Answer:
         return error_answer(413, f"request body is larger than the limit of {self.max_body} bytes")
 
-    def _environ(self, scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
+    def _environ(self, scope: Any, method: str, headers: Any, body: bytes) -> dict[str, Any]:
         path = scope.path
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
-        server = self._servers.get(scope.server)
-        if server is None:  # one per listening address
-            name, _, port = scope.server.rpartition(":")
-            server = self._servers[scope.server] = (name.strip("[]"), port)
+        # The server's name, port, scheme and protocol: one entry per listening address.
+        server = (scope.server, scope.http_version, scope.scheme)
+        fixed = self._servers.get(server)
+        if fixed is None:
+            name, _, port = server[0].rpartition(":")
+            fixed = self._servers[server] = {
+                **self._base,
+                "SERVER_NAME": name.strip("[]"),
+                "SERVER_PORT": port,
+                "SERVER_PROTOCOL": f"HTTP/{server[1]}",
+                "wsgi.url_scheme": server[2],
+            }
         client, _, client_port = scope.client.rpartition(":")
         environ = {
-            **self._base,
-            "REQUEST_METHOD": scope.method,
+            **fixed,
+            "REQUEST_METHOD": method,
             "PATH_INFO": path,
             "QUERY_STRING": scope.query_string,
-            "SERVER_NAME": server[0],
-            "SERVER_PORT": server[1],
-            "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
             "REMOTE_ADDR": client.strip("[]"),
             "REMOTE_PORT": client_port,
-            "wsgi.url_scheme": scope.scheme,
             "wsgi.input": BytesIO(body),
         }
-        if body or scope.method not in NO_BODY:
+        if body or method not in NO_BODY:
             environ["CONTENT_LENGTH"] = str(len(body))  # the body as received, de-chunked
         keys = self._header_keys
         for name, value in headers.items():

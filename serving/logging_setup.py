@@ -4,7 +4,11 @@ The standard RotatingFileHandler assumes one process: with several workers each 
 its own and keep writing into files the others renamed. Here a worker reopens the log when
 another has rotated it (same path, new inode), and rotation happens under an exclusive `flock`
 on a lock file beside the log, after checking again that nobody rotated first. Ordinary writes
-take no lock (the file is opened for appending).
+take no lock (the file is opened for appending) and one system call besides the write: the size
+of the open file. The path is looked up again (has it been rotated?) when the file is full, and
+at least every LOOK_EVERY seconds for rotations or deletions by other programs. Another worker
+only rotates a full file, so a worker writing to the file just rotated sees it full at once, or
+after one shorter line.
 
 The access log writes a line per request, so it is on the hot path: `AccessLog` writes its lines
 to the file handler directly, in the same FORMAT, without the LogRecord, caller lookup and
@@ -23,6 +27,8 @@ from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
+LOOK_EVERY = 1.0  # seconds between two checks that the open log file is still at its path
+
 access_log = logging.getLogger("serving.access")
 
 
@@ -32,6 +38,7 @@ class SharedRotatingFileHandler(RotatingFileHandler):
     def __init__(self, filename: Path, max_bytes: int, backups: int) -> None:
         super().__init__(filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._lock_path = f"{filename}.lock"
+        self._next_look = 0.0  # time.monotonic() when the path is looked up again
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -46,7 +53,12 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         The caller holds the handler's lock."""
         if self.stream is None:
             self.stream = self._open()
-        if self._full(self._current_size(), line):
+        now = time.monotonic()
+        full = self._full(os.fstat(self.stream.fileno()).st_size, line)
+        if full or now >= self._next_look:
+            self._next_look = now + LOOK_EVERY
+            full = self._full(self._current_size(), line)
+        if full:
             with open(self._lock_path, "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released on close
                 if self._full(self._current_size(), line):
@@ -59,7 +71,7 @@ class SharedRotatingFileHandler(RotatingFileHandler):
 
     def _current_size(self) -> int:
         """The size of the log file, reopened first if another process rotated it (same path,
-        new inode). Two system calls: this runs for every access line."""
+        new inode)."""
         stream = os.fstat(self.stream.fileno())
         try:
             rotated = os.stat(self.baseFilename).st_ino != stream.st_ino

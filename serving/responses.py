@@ -22,12 +22,22 @@ def error_payload(message: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, **extra}
 
 
+def cluster_body(cluster: int) -> bytes:
+    """`json_body({"cluster": cluster})`, the answer to every single record, made without
+    `json.dumps` (a few microseconds of a prediction's CPU)."""
+    return b'{"cluster": %d}' % cluster
+
+
 def json_response(payload: object, status: int = 200) -> Response:
-    """The body is already bytes: handed to the server as it is (`direct_passthrough`), not
+    return body_response(json_body(payload), status)
+
+
+def body_response(
+    body: bytes, status: int = 200, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    """A JSON body already encoded: handed to the server as it is (`direct_passthrough`), not
     wrapped in Werkzeug's encoding and closing iterators."""
-    return Response(
-        json_body(payload), status=status, content_type="application/json", direct_passthrough=True
-    )
+    return Response(body, status, headers, content_type="application/json", direct_passthrough=True)
 
 
 def error_response(message: str, status: int, **extra: Any) -> Response:

@@ -7,8 +7,8 @@ KAFKA_BOOTSTRAP_SERVERS, else the local cluster of KAFKA_BROKERS nodes from 127.
 Each stage's own fixtures are in its tests/<stage>/conftest.py. Spark and MLflow are imported
 inside the fixtures, so tests that need neither never load them.
 
-`make test` runs the files on two pytest-xdist workers: most tests wait on a JVM, a broker or a
-subprocess, and two of them overlap those waits. The workers share one broker, and what is costly
+`make test` runs the files on three pytest-xdist workers: most tests wait on a JVM, a broker or a
+subprocess, and the workers overlap those waits. The workers share one broker, and what is costly
 to make (a training, a run of the stream service) is made once per run by whichever worker asks
 first (`once_per_run`).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import pickle
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +58,13 @@ if not hasattr(sys.modules["__main__"], "__file__"):
 
 T = TypeVar("T")
 
+# The tests that press Ctrl-C (SIGINT to a process or its group) need it handled as at a terminal.
+# A run started in the background by a shell without job control (`make test &` in a script)
+# ignores SIGINT, and the processes the tests start would inherit that: a Python handler instead
+# is reset to the default in every program they exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
@@ -86,6 +94,17 @@ def once_per_run(
         result = make()
         shared.write_bytes(pickle.dumps(result))
         return result
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with slow tests first, in pytest-randomly's order otherwise (a stable sort).
+
+    xdist hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`;
+    by default it orders them by their number of tests, which put the one-test quick start, the
+    longest file, last). Longest first is what keeps the workers' finishing times together."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")

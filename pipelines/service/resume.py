@@ -22,11 +22,12 @@ from pyspark.sql import SparkSession
 
 from pipelines.ingest.window_files import Manifest, read_manifests, window_path
 from pipelines.service import ledger
-from pipelines.training.drift import DRIFT_METRICS, HistoryPoint, Snapshot
+from pipelines.training.drift import CLUSTER, DRIFT_METRICS, HistoryPoint, Snapshot
 from pipelines.training.features import clean, customer_features
-from pipelines.training.fitting import PreviousWindow, score_customers
+from pipelines.training.fitting import PreviousWindow
 from pipelines.training.registry import SEGMENTS_TAG
 from pipelines.training.report import ModelProfile
+from pipelines.training.scoring import place
 from pipelines.training.tracking import CLUSTER_SIZE_METRIC
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def previous_window(
     cleaned = clean(
         spark.read.parquet(*[str(window_path(windows_dir, int(i))) for i in trained_on])
     )
-    customers = score_customers(customer_features(cleaned.rows), model, None)
+    customers = place(customer_features(cleaned.rows), model, CLUSTER)
     segments = sorted(json.loads(version.tags[SEGMENTS_TAG]), key=lambda s: s["id"])
     history = tuple(
         _history_point(client, manifest, versions[manifest.window])

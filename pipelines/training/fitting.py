@@ -15,11 +15,9 @@ from pathlib import Path
 import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from tqdm import tqdm
 
 from pipelines.config import DEFAULT_WINDOWS
-from pipelines.data.schema import FEATURES
 from pipelines.ingest.window_files import window_path
 from pipelines.training import registry
 from pipelines.training.drift import (
@@ -32,9 +30,8 @@ from pipelines.training.drift import (
 )
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM, TRANSFORMS
 from pipelines.training.features import Cleaned, clean, customer_features
-from pipelines.training.recipe import PREDICTION_COL
 from pipelines.training.report import ModelProfile
-from pipelines.training.segments import segment_profiles
+from pipelines.training.segments import profile_segments
 from pipelines.training.selection import (
     DEFAULT_K_RANGE,
     DEFAULT_MIN_CLUSTER_SHARE,
@@ -52,6 +49,7 @@ log = logging.getLogger(__name__)
 MODES = ("cumulative", "tumbling", "sliding")
 # Windows a sliding model is trained on: as many as a batch training has models.
 DEFAULT_SPAN = DEFAULT_WINDOWS
+EXAMPLE_CUSTOMERS = 5  # rows of the logged model's input example
 
 
 def training_windows(window: int, mode: str, span: int = DEFAULT_SPAN) -> list[int]:
@@ -110,7 +108,7 @@ class WindowFit:
     candidates: list[Candidate]
     selection: Selection
     example: pd.DataFrame
-    segments: pd.DataFrame  # segments.segment_profiles of the chosen model on its customers
+    segments: pd.DataFrame  # segments.profile_segments of the chosen model on its customers
     snapshot: Snapshot  # the chosen model's profile, its scored customers and segment names
     drift: Drift | None  # against the previous window; None for the first
     history: tuple[HistoryPoint, ...]  # the drift chart: every window of the training up to this
@@ -153,9 +151,11 @@ class CustomerFit:
     customers: int
     candidates: list[Candidate]
     selection: Selection
-    segments: pd.DataFrame  # segments.segment_profiles of the chosen model on these customers
+    segments: pd.DataFrame  # segments.profile_segments of the chosen model on these customers
     example: pd.DataFrame  # a few customers' features: the logged model's input example
-    scored: pd.DataFrame | None  # score_customers, when asked for (the drift needs it)
+    # Every customer's FEATURES and CLUSTER under the chosen model, and PREVIOUS_CLUSTER under
+    # the previous window's when there is one: what the drift reads.
+    scored: pd.DataFrame
 
 
 def fit_customers(
@@ -164,21 +164,19 @@ def fit_customers(
     what: str,
     progress: tqdm | None = None,
     previous_model: PipelineModel | None = None,
-    keep_scores: bool = False,
 ) -> CustomerFit:
     """Fit every candidate k on `features` (one row per customer), choose one and profile it.
 
     Training runs this per window and `pipelines.evaluate` on a whole file, so both judge the
     recipe the same way. `what` names the customers in the log ("window 2", a file).
-    `keep_scores`: also collect every customer's cluster (and `previous_model`'s, the previous
-    window's), which the drift needs and `pipelines.evaluate` does not.
+    `previous_model`, the previous window's, also places every customer, for the drift.
     """
     features = features.cache()
     try:
         customers = features.count()
         ks = candidate_ks(spec.k, spec.k_range, customers)
         log.info("%s: %d customers, k in %s", what, customers, ks)
-        candidates = fit_candidates(
+        fitted = fit_candidates(
             features,
             customers,
             ks,
@@ -187,18 +185,16 @@ def fit_customers(
             spec.distance_measure,
             progress,
             spec.transform,
-        )
-        example = features.select(*FEATURES).limit(5).toPandas()
-        selection = choose(candidates, spec.min_cluster_share, fixed=bool(spec.k))
-        segments = segment_profiles(selection.chosen.model, features)
-        scored = (
-            score_customers(features, selection.chosen.model, previous_model)
-            if keep_scores
-            else None
+            previous_model,
         )
     finally:
         features.unpersist()
-    chosen = selection.chosen
+    selection = choose(fitted.candidates, spec.min_cluster_share, fixed=bool(spec.k))
+    chosen, scores = selection.chosen, fitted.scores
+    clusters = scores.clusters[chosen.k]
+    scored = scores.customers.assign(**{CLUSTER: clusters})
+    if scores.previous is not None:
+        scored[PREVIOUS_CLUSTER] = scores.previous
     if selection.rule == FALLBACK:
         log.warning(
             "%s: no k in %s has every cluster >= %.1f%% of the customers; "
@@ -216,25 +212,14 @@ def fit_customers(
             chosen.k,
             100 * chosen.min_share,
         )
-    return CustomerFit(customers, candidates, selection, segments, example, scored)
-
-
-def score_customers(
-    features: DataFrame, model: PipelineModel, previous_model: PipelineModel | None
-) -> pd.DataFrame:
-    """Every customer's FEATURES and CLUSTER (and PREVIOUS_CLUSTER), collected in one Spark job.
-
-    A few thousand rows per window: the drift is computed on them in pandas.
-    """
-    columns = list(FEATURES)
-    scored = model.transform(features.select(*columns)).select(
-        *columns, F.col(PREDICTION_COL).alias(CLUSTER)
+    return CustomerFit(
+        customers,
+        fitted.candidates,
+        selection,
+        profile_segments(scores.customers, clusters, chosen.k),
+        scores.customers.head(EXAMPLE_CUSTOMERS),
+        scored,
     )
-    if previous_model is not None:
-        scored = previous_model.transform(scored).select(
-            *columns, CLUSTER, F.col(PREDICTION_COL).alias(PREVIOUS_CLUSTER)
-        )
-    return scored.toPandas()
 
 
 def fit_window(
@@ -258,9 +243,7 @@ def fit_window(
     )
     previous_model = previous.model if previous else None
     features = customer_features(cleaned.rows)
-    fit = fit_customers(
-        features, spec, f"window {window}", progress, previous_model, keep_scores=True
-    )
+    fit = fit_customers(features, spec, f"window {window}", progress, previous_model)
     chosen = fit.selection.chosen
     profile = ModelProfile.of(window, chosen.model, chosen.silhouette)
     snapshot = Snapshot(profile, fit.scored, tuple(fit.segments["name"]))

@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from pipelines.data.schema import FEATURES
+from pipelines.training.recipe import PREDICTION_COL
+from pipelines.training.scoring import place
 
 # Name thresholds: ratios of a segment's median to the median of all customers (module docstring).
 WHOLESALE_BASKET = 4.0
@@ -59,29 +60,39 @@ def segment_profiles(model: PipelineModel, features: DataFrame) -> pd.DataFrame:
     """One row per cluster of `model` (all k, empty ones too): size, revenue, medians, name.
 
     `features` holds one row per customer with the FEATURES columns (other columns are ignored),
-    as pipelines/training/features.py makes them; the model assigns the clusters. One Spark job.
-    Columns: SEGMENT_COLUMNS; shares are fractions of all the customers and of their revenue.
+    as pipelines/training/features.py makes them; the model assigns the clusters, in one Spark
+    job, and `profile_segments` does the rest.
     """
+    rows = place(features, model)
+    return profile_segments(
+        rows[list(FEATURES)], rows[PREDICTION_COL].to_numpy(), model.stages[-1].getK()
+    )
+
+
+def profile_segments(customers: pd.DataFrame, labels: np.ndarray, k: int) -> pd.DataFrame:
+    """The segments of a k-cluster model that puts `customers` (FEATURES columns, one row per
+    customer) in clusters `labels`. Columns: SEGMENT_COLUMNS; shares are fractions of all the
+    customers and of their revenue. Medians as Spark's `median` takes them (nulls, here units
+    per invoice of a customer without invoices, left out)."""
     quantity, amount, invoices = FEATURES
-    kmeans = model.stages[-1]
-    scored = model.transform(features.select(*FEATURES)).select(
-        *FEATURES,
-        F.col(kmeans.getPredictionCol()).alias("cluster"),
-        F.try_divide(F.col(quantity), F.col(invoices)).alias(UNITS_PER_INVOICE),
+    frame = customers.loc[:, list(FEATURES)].astype(float)
+    frame[UNITS_PER_INVOICE] = (frame[quantity] / frame[invoices]).where(frame[invoices] != 0)
+
+    groups = frame.groupby(np.asarray(labels, dtype="int64"))
+    clusters = pd.DataFrame(
+        {
+            "customers": groups.size(),
+            "revenue": groups[amount].sum(),
+            **{f"median_{m}": groups[m].median() for m in MEDIANS},
+        }
     )
-    # rollup: the row with a null cluster holds the same measures over every customer.
-    rows = (
-        scored.rollup("cluster")
-        .agg(
-            F.count("*").alias("customers"),
-            F.sum(amount).alias("revenue"),
-            *(F.median(m).alias(f"median_{m}") for m in MEDIANS),
-        )
-        .toPandas()
-    )
-    overall = rows[rows["cluster"].isna()].iloc[0]
-    clusters = rows.dropna(subset=["cluster"]).astype({"cluster": "int64"}).set_index("cluster")
-    clusters = clusters.reindex(range(kmeans.getK()))
+    overall = {
+        "customers": len(frame),
+        "revenue": frame[amount].sum(),
+        **{f"median_{m}": frame[m].median() for m in MEDIANS},
+    }
+    clusters = clusters.reindex(range(k))
+    clusters.index.name = "cluster"
     clusters["customers"] = clusters["customers"].fillna(0).astype("int64")
     clusters["revenue"] = clusters["revenue"].fillna(0.0)
     clusters["share"] = clusters["customers"] / overall["customers"]

@@ -1,9 +1,12 @@
 """Fit the recipe for each candidate k and choose one.
 
 Per window the features are transformed, assembled and scaled once and each candidate k is fitted
-on that cached, scaled frame: the result is the `PipelineModel` that `build_pipeline(k).fit` gives
-on the same partitioning, without redoing the first stages per k. On a few thousand customers each
-Spark job is mostly scheduling latency, so candidates are fitted a few at a time.
+on that scaled frame: the result is the `PipelineModel` that `build_pipeline(k).fit` gives on the
+same partitioning, without redoing the first stages per k. On a few thousand customers a Spark job
+costs its scheduling, not its work (~0.1 s of JVM CPU even for a trivial one), and a KMeans fit is
+about twenty jobs, so the fits are made as cheap per job as they go (see `fit_candidates`) and
+fitted a few at a time; the silhouettes are computed from one job that scores every candidate
+(pipelines/training/scoring.py, silhouette.py), not two jobs per candidate.
 
 Choosing: the highest silhouette among the *eligible* candidates, those whose every cluster holds
 at least `min_cluster_share` of the customers. Silhouette alone rewards isolating a handful of
@@ -20,16 +23,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyspark.ml import PipelineModel
-from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.clustering import KMeansModel
 from pyspark.sql import DataFrame
 from tqdm import tqdm
 
 from pipelines.training.feature_transform import DEFAULT_TRANSFORM
-from pipelines.training.recipe import FEATURES_COL, PREDICTION_COL, fit_features, kmeans_stage
+from pipelines.training.recipe import FEATURES_COL, fit_features, kmeans_stage
+from pipelines.training.scoring import Scores, score
+from pipelines.training.silhouette import SILHOUETTE_DISTANCE, silhouette
 
-DISTANCE_MEASURES = ("euclidean", "cosine")
-# ClusteringEvaluator's distance for the silhouette of each KMeans distance measure.
-SILHOUETTE_DISTANCE = {"euclidean": "squaredEuclidean", "cosine": "cosine"}
+DISTANCE_MEASURES = tuple(SILHOUETTE_DISTANCE)
 FIT_THREADS = 4  # candidate k fitted at once
 # Jobs on per-customer features are latency-bound: keep them in as few partitions as their size
 # allows (one for the few thousand customers of the UCI file).
@@ -94,6 +97,15 @@ def candidate_ks(k: int | None, k_range: tuple[int, int], customers: int) -> lis
     return ks
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """Every candidate of one set of customers, and how each (and the previous model) places
+    every customer: what the choice, the segments and the drift are computed from."""
+
+    candidates: list[Candidate]
+    scores: Scores
+
+
 def fit_candidates(
     features: DataFrame,
     customers: int,
@@ -103,35 +115,46 @@ def fit_candidates(
     distance_measure: str,
     progress: tqdm | None = None,
     transform: str = DEFAULT_TRANSFORM,
-) -> list[Candidate]:
+    previous_model: PipelineModel | None = None,
+) -> Fitted:
     """Fit the pipeline for every k in `ks`: transform and scale once, fit KMeans per k on the
-    cached result."""
+    result, then score every customer under every candidate (and `previous_model`) in one job.
+
+    The scaled frame KMeans reads is checkpointed locally rather than cached: every task of every
+    KMeans job ships its input's lineage, and a cached frame's lineage is the whole query that made
+    it (Parquet scan, cleaning, aggregation, sort, transform, scaling), serialised on the driver and
+    read back in the task each time. A checkpoint cuts it to the stored rows: a third less JVM CPU
+    per fit, the same rows in the same order, so the same model (measured: identical centers).
+    """
     prepared = fit_features(features, transform)
     partitions = max(1, customers // CUSTOMERS_PER_PARTITION)
-    scaled = prepared.transform(features).select(FEATURES_COL).coalesce(partitions).cache()
-    evaluator = ClusteringEvaluator(
-        featuresCol=FEATURES_COL,
-        predictionCol=PREDICTION_COL,
-        distanceMeasure=SILHOUETTE_DISTANCE[distance_measure],
-    )
+    scaled = prepared.transform(features).select(FEATURES_COL).coalesce(partitions)
+    scaled = scaled.localCheckpoint()
 
-    def fit(k: int) -> Candidate:
+    def fit(k: int) -> tuple[int, KMeansModel]:
         kmeans = kmeans_stage(k, seed, max_iter, distance_measure).fit(scaled)
-        silhouette = evaluator.evaluate(kmeans.transform(scaled))
         if progress is not None:
             progress.update()
-        model = PipelineModel([*prepared.stages, kmeans])
-        summary = kmeans.summary
-        return Candidate(k, model, silhouette, summary.trainingCost, tuple(summary.clusterSizes))
+        return k, kmeans
 
     if progress is not None:
         progress.total += len(ks)
         progress.refresh()
-    try:
-        with ThreadPoolExecutor(FIT_THREADS) as pool:
-            return list(pool.map(fit, ks))
-    finally:
-        scaled.unpersist()
+    with ThreadPoolExecutor(FIT_THREADS) as pool:
+        models = dict(pool.map(fit, ks))
+    scores = score(features, prepared, models, previous_model)
+    distance = SILHOUETTE_DISTANCE[distance_measure]
+    candidates = [
+        Candidate(
+            k,
+            PipelineModel([*prepared.stages, kmeans]),
+            silhouette(scores.points, scores.clusters[k], distance),
+            kmeans.summary.trainingCost,
+            tuple(kmeans.summary.clusterSizes),  # computed by the fit itself: no job
+        )
+        for k, kmeans in models.items()
+    ]
+    return Fitted(candidates, scores)
 
 
 def choose(

@@ -46,7 +46,7 @@ from pipelines.training.report import (
     write_centers,
 )
 from pipelines.training.segments import describe_segments, segment_names_line, segments_json
-from pipelines.training.selection import SILHOUETTE_DISTANCE
+from pipelines.training.silhouette import SILHOUETTE_DISTANCE
 
 log = logging.getLogger(__name__)
 

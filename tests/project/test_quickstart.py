@@ -1,5 +1,5 @@
-"""The README's quick start as a new user types it: a fresh clone, `make demo`, again, `make stop`,
-then a third `make demo` stopped with Ctrl-C.
+"""The README's quick start as a new user types it: a fresh clone, `make demo`, again (on a file of
+the user's, `DATA=`), `make stop`, then a third `make demo` stopped with Ctrl-C.
 
 Nothing is shared with the rest of the suite: the clone installs its own venv, fetches Kafka
 through Maven into its own tree, starts its own broker on free ports, keeps its own MLflow store
@@ -8,6 +8,7 @@ and serves on a free port. Only HEAD is cloned, so uncommitted changes are not w
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from pipelines.contract import EXAMPLE_RECORD
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ALIASES = ("model1", "model2", "model3")
+SECOND_DEMO_ROWS = 60_000
 # What a first `make demo` used to print between its stages: pip's and setuptools' install
 # output, Spark's and MLflow's start-up lines. They belong in logs/, not on the terminal.
 NOISE = (
@@ -161,8 +163,13 @@ def test_quick_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> None:
             assert response.headers["X-Model-Version"] == str(version)
             assert re.fullmatch(r'\{"cluster": \d+\}', response.text), response.text
 
-        # Again: the next three windows become versions 4-6 and the running server follows.
-        second = _make(clone, "demo", env, log)
+        # Again, on a file of the user's (DATA=, the head of the first one): the next three
+        # windows become versions 4-6 and the running server follows.
+        head = tmp_path / "retail-head.csv"
+        with (clone / "data" / "online_retail.csv").open() as full, head.open("w") as out:
+            out.writelines(itertools.islice(full, SECOND_DEMO_ROWS + 1))  # and the header
+        second = _make(clone, "demo", env | {"DATA": str(head)}, log)
+        assert f"using {head}" in second
         assert "server already running" in second
         assert "reloaded by 2 workers; still pending: []" in second
         assert _answered_versions(second) == {"model1": 4, "model2": 5, "model3": 6}, second[-3000:]

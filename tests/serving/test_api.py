@@ -11,9 +11,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import Client
 
 from serving.app import create_app
+from serving.lean_flask import LeanFlask
 from serving.predictor import NearestCenter
+from serving.responses import cluster_body, json_body
 from serving.settings import ServingSettings
 from tests.serving_fixtures import free_port
 
@@ -48,6 +51,11 @@ def client(app: Flask) -> FlaskClient:
 def post(client: FlaskClient, body: bytes | str, path: str = SEED_PATH, **kwargs):
     kwargs.setdefault("content_type", "application/json")
     return client.post(path, data=body, **kwargs)
+
+
+def test_the_single_record_answer_is_the_seeds_json() -> None:
+    for cluster in (0, 1, 9, 31):
+        assert cluster_body(cluster) == json_body({"cluster": cluster})
 
 
 def test_seed_request_gets_a_cluster(client: FlaskClient, app: Flask) -> None:
@@ -418,3 +426,50 @@ def test_registry_unreachable_answers_503_with_the_reason(tmp_path: Path) -> Non
     assert "model1 is not available" in response.get_json()["error"]
     # Validation still comes first: a bad body is the client's problem, whatever the registry.
     assert post(client, "{").status_code == 400
+
+
+# Requests for the direct view of the predict endpoints (serving.lean_flask): what Flask's view
+# answers, and which of them the direct view answers itself.
+DIRECT_CASES = [
+    # (path, body, content type, answered directly)
+    (SEED_PATH, json.dumps(SEED), "application/json", True),
+    (
+        "/predict_cluster_model3",
+        '{"TotalQuantity": -3, "TotalAmount": -12.5, "NumInvoices": 0.0}',
+        "application/json",
+        True,
+    ),
+    (SEED_PATH, json.dumps([SEED, {**SEED, "TotalAmount": 1e9}]), "application/json", True),
+    (SEED_PATH, json.dumps(SEED), "application/json; charset=utf-8", False),
+    (SEED_PATH, json.dumps(SEED), "text/plain", False),
+    (SEED_PATH, json.dumps(SEED), None, False),
+    (SEED_PATH, " " * (1024 * 1024 + 1), "application/json", False),
+    ("/predict_cluster_missing", json.dumps(SEED), "application/json", False),
+    *[(SEED_PATH, body, "application/json", False) for body, _, _ in BAD_BODIES],
+]
+
+
+def test_the_direct_view_answers_as_the_flask_view(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status, headers and body, byte for byte, on valid and invalid requests; the direct view
+    answers the valid ones without Flask's dispatch and leaves all others to it."""
+    app = make_app(store, tmp_path, aliases=("model1", "model3", "missing"), max_batch=100)
+    dispatched: list[str] = []
+    dispatch = Flask.full_dispatch_request
+    monkeypatch.setattr(
+        Flask, "full_dispatch_request", lambda self: dispatched.append("") or dispatch(self)
+    )
+    direct = Client(lambda environ, start: LeanFlask.wsgi_app(app, environ, start))
+    flask = Client(lambda environ, start: Flask.wsgi_app(app, environ, start))
+    for path, body, content_type, answered_directly in DIRECT_CASES:
+        headers = {"Content-Type": content_type} if content_type else {}
+        expected = flask.post(path, data=body, headers=headers)
+        dispatched.clear()
+        got = direct.post(path, data=body, headers=headers)
+        case = f"{path} {content_type} {body[:80]!r}"
+        assert got.status == expected.status, case
+        assert got.headers.to_wsgi_list() == expected.headers.to_wsgi_list(), case
+        assert got.get_data() == expected.get_data(), case
+        assert (not dispatched) == answered_directly, case
+    assert expected.status_code == 400  # the list ends with bad bodies: both paths saw them

@@ -68,7 +68,8 @@ def frame(spark: SparkSession, customers: pd.DataFrame) -> DataFrame:
 
 
 def fit(features: DataFrame, ks: list[int], transform: str) -> list[Candidate]:
-    return fit_candidates(features, features.count(), ks, 42, 50, "euclidean", None, transform)
+    fitted = fit_candidates(features, features.count(), ks, 42, 50, "euclidean", None, transform)
+    return fitted.candidates
 
 
 # --- choosing, without Spark -----------------------------------------------------------------

@@ -33,7 +33,13 @@ from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from infra import mlflow_server
-from infra.mlflow_server import TrackingServer, database_cluster, start_server, stop_server
+from infra.mlflow_server import (
+    TrackingServer,
+    database_cluster,
+    running_server,
+    start_server,
+    stop_server,
+)
 from infra.ports import free_port
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.contract import EXAMPLE_RECORD
@@ -195,7 +201,8 @@ def test_status_reports_the_running_server_and_its_database(server: TrackingServ
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"pid {server.pid} at {server.url}, answering" in done.stdout
+    pid = running_server(server.state_dir)  # not server.pid: the restart test starts another
+    assert f"pid {pid} at {server.url}, answering" in done.stdout
     assert server.database_url in done.stdout
 
 

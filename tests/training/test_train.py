@@ -1,8 +1,8 @@
 """The training job end to end: generated windows -> Spark -> a real MLflow store and registry.
 
 One cumulative training of three windows (~50,000 generated rows, tests/training/conftest.py) is
-shared by the module and only read: the quality and `mlflow run` tests use its windows, and the
-tests that train again do so into a store of their own, so the tests pass in any order.
+shared by the module and only read: the quality tests (and test_mlflow_run.py) use its windows,
+and the tests that train again do so into a store of their own, so the tests pass in any order.
 Everything talks to a SQLite store in tmp.
 """
 
@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -416,34 +414,6 @@ def test_a_later_training_names_its_windows_model1_onwards(
         )
 
 
-@pytest.mark.slow
-def test_mlflow_run_train_entry_point(
-    training: Training, tracking_uri: str, tmp_path: Path
-) -> None:
-    """`mlflow run . -e train --env-manager local`: the window runs are children of the project
-    run and land in the same store and registry."""
-    client = MlflowClient(tracking_uri)
-    client.create_experiment(NAME, artifact_location=(tmp_path / "artifacts").as_uri())
-    _mlflow_run(
-        _project_env(tracking_uri),
-        "train",
-        "-P",
-        f"windows-dir={training.windows_dir}",
-        "-P",
-        "k=4",
-    )
-
-    experiment = client.get_experiment_by_name(NAME)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    project_run, *window_runs = runs
-    assert project_run.data.params["windows-dir"] == str(training.windows_dir)
-    assert [r.info.run_name for r in window_runs] == ["window-1", "window-2", "window-3"]
-    assert all(r.data.tags["mlflow.parentRunId"] == project_run.info.run_id for r in window_runs)
-    assert project_run.data.tags["registered_versions"] == "model1=v1, model2=v2, model3=v3"
-    for window in (1, 2, 3):
-        assert int(client.get_model_version_by_alias(NAME, f"model{window}").version) == window
-
-
 def _all_features(training: Training, spark: SparkSession, windows: int = 3) -> DataFrame:
     """The customer features of windows 1..`windows`: what the cumulative model of `windows`
     was fitted on."""
@@ -454,63 +424,6 @@ def _all_features(training: Training, spark: SparkSession, windows: int = 3) -> 
 def _labels(predicted: DataFrame) -> pd.Series:
     frame = predicted.select("CustomerID", PREDICTION_COL).toPandas()
     return frame.set_index("CustomerID")[PREDICTION_COL].sort_index()
-
-
-@pytest.mark.kafka
-@pytest.mark.slow
-def test_mlflow_run_main_through_the_broker(
-    kafka_bootstrap: str, unique_topic: Callable[[str], str], tracking_uri: str, tmp_path: Path
-) -> None:
-    """`mlflow run . -e main`: generate -> produce -> consume -> train against the real broker."""
-    client = MlflowClient(tracking_uri)
-    client.create_experiment(NAME, artifact_location=(tmp_path / "artifacts").as_uri())
-    topic = unique_topic("main")
-    env = _project_env(
-        tracking_uri,
-        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        KAFKA_TOPIC=topic,
-        KAFKA_GROUP=f"{topic}-windows",
-        DATA_DIR=str(tmp_path / "data"),
-    )
-    _mlflow_run(env, "main", "-P", "rows=20000")
-
-    experiment = client.get_experiment_by_name(NAME)
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert {"window-1", "window-2", "window-3"} <= set(runs)
-    manifests = read_manifests(tmp_path / "data" / "windows")
-    assert [m.window for m in manifests] == [1, 2, 3]
-    assert sum(m.rows for m in manifests) == 20_000
-    assert {m.topic for m in manifests} == {topic}
-    for window in (1, 2, 3):
-        run = runs[f"window-{window}"]
-        assert run.data.params["kafka_topic"] == topic
-        version = client.get_model_version_by_alias(NAME, f"model{window}")
-        assert (int(version.version), version.run_id) == (window, run.info.run_id)
-
-
-def _project_env(uri: str, **extra: str) -> dict[str, str]:
-    """The environment of an `mlflow run` subprocess: this venv first on PATH (the entry points
-    call `python`), the tmp store, two Spark cores."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, "SPARK_MASTER": "local[2]"}
-    return env | extra
-
-
-def _mlflow_run(env: dict[str, str], entry_point: str, *parameters: str) -> None:
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "run",
-        str(PROJECT_ROOT),
-        "-e",
-        entry_point,
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        NAME,
-        *parameters,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{shlex.join(command)}\n{done.stdout}\n{done.stderr[-4000:]}"
 
 
 # Started as `python -c`: a SparkSession start that says whether Ctrl-C came while it waited.
