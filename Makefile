@@ -3,6 +3,7 @@
 PYTHON  ?= python3.11
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
+SPARK_KAFKA := infra/spark-kafka
 # `mlflow models serve` and `mlflow run` exec tools (uvicorn, python, uv) from PATH: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export VERBOSE
@@ -38,7 +39,7 @@ clean:
 	rm -rf .kafka .spark .mlflow-server mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(SPARK_KAFKA)/lib/.pom.sha256
 
 # uv installs the dependencies (pip only installs uv): several times faster than pip on a fresh venv
 # (pyspark alone is 300 MB), which is also what the quick-start test does. Compiled to bytecode
@@ -47,6 +48,13 @@ $(VENV)/.installed: pyproject.toml
 	@infra/logged.sh logs/install.log "install $(VENV): the project and its dev extras" sh -c \
 		'$(PYTHON) -m venv $(VENV) && $(PY) -m pip install uv && \
 		 $(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -e ".[dev]"'
+	@touch $@
+
+# Spark's Kafka connector (for `pipelines.consume --engine spark`), through Maven like the broker's
+# jars; again whenever its pom changes (infra/spark_kafka.py writes the stamp).
+$(SPARK_KAFKA)/lib/.pom.sha256: $(SPARK_KAFKA)/pom.xml $(VENV)/.installed
+	@infra/logged.sh logs/install.log "fetch Spark's Kafka connector through Maven" \
+		$(PY) -m infra.spark_kafka
 	@touch $@
 
 kafka-up: install

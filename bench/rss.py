@@ -66,6 +66,11 @@ class Run:
     jvm_mb: float
     output: str
 
+    @property
+    def with_jvm_mb(self) -> float:
+        """Its peak and its JVM's: a PySpark driver's memory (in local mode, its executors' too)."""
+        return self.peak_mb + self.jvm_mb
+
 
 def measure(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
     """Run `command` to its end, sampling its peak RSS and its JVM descendants'; its output

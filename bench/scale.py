@@ -10,7 +10,8 @@ topic (`pipelines.produce`, the whole file, unthrottled), cuts the topic into 3 
 is timed alone), and trains the windows (`pipelines.train`, cumulative, into a new SQLite store)
 on `local[*]` and on a standalone cluster of 2 one-core workers that the bench starts on free
 ports (`infra.spark_cluster`). Every stage is a separate process, timed from start to exit, its
-peak RSS sampled from /proc (bench/rss.py); for training, the Spark JVM's too.
+peak RSS sampled from /proc (bench/rss.py): for the Spark engine the driver's and its JVM's added
+(in local mode the JVM holds the executors too); for training, the Spark JVM's apart.
 
 Goals (issue 13): time per row flat or falling from 1x to 10x; producer and consumer peak memory
 flat within 20%.
@@ -41,15 +42,15 @@ TRAIN_PLACES = ("local", "cluster")
 
 @dataclass(frozen=True)
 class Engine:
-    """A consumer engine: `python -m pipelines.consume` with these flags."""
+    """A consumer engine: `python -m pipelines.consume` with these flags, and a consumer group of
+    its own per topic if it uses one (the Spark engine keeps its offsets in its checkpoint)."""
 
     name: str
     args: tuple[str, ...] = ()
+    group: bool = True
 
 
-# One entry per engine; the Spark Structured Streaming engine joins as ("spark", ("--engine",
-# "spark")) once pipelines.consume has it.
-ENGINES = [Engine("kafka-python")]
+ENGINES = [Engine("kafka-python"), Engine("spark", ("--engine", "spark"), group=False)]
 
 
 @dataclass
@@ -84,10 +85,9 @@ def ingest(dataset: Path, scale: int, rows: int, engine: Engine, bootstrap: str,
             _python(
                 "pipelines.consume",
                 *engine.args,
+                *(["--group", f"{topic}-bench"] if engine.group else []),
                 "--windows",
                 str(DEFAULT_WINDOWS),
-                "--group",
-                f"{topic}-bench",
                 "--output-dir",
                 str(windows),
                 *common,
@@ -135,9 +135,9 @@ def report(rows: list[Row], places: list[str]) -> None:
         print(
             f"{row.scale:>4}x {row.rows:>10,} {row.engine:<13}"
             f" {row.produce.seconds:9.1f} {_per_row(row.produce, row.rows)}"
-            f" {row.produce.peak_mb:8.0f}"
+            f" {row.produce.with_jvm_mb:8.0f}"
             f" {row.consume.seconds:9.1f} {_per_row(row.consume, row.rows)}"
-            f" {row.consume.peak_mb:8.0f} {row.rows / ingest_s:9,.0f}{trains}"
+            f" {row.consume.with_jvm_mb:8.0f} {row.rows / ingest_s:9,.0f}{trains}"
         )
     for engine in dict.fromkeys(row.engine for row in rows):
         mine = sorted((r for r in rows if r.engine == engine), key=lambda r: r.scale)
@@ -148,7 +148,7 @@ def report(rows: list[Row], places: list[str]) -> None:
         for stage in ("produce", "consume"):
             slow, shigh = getattr(low, stage), getattr(high, stage)
             time_ratio = (shigh.seconds / high.rows) / (slow.seconds / low.rows)
-            memory_ratio = shigh.peak_mb / slow.peak_mb
+            memory_ratio = shigh.with_jvm_mb / slow.with_jvm_mb
             print(
                 f"  {stage}: time per row x{time_ratio:.2f} "
                 f"({'flat or falling' if time_ratio <= 1.1 else 'RISING'}), "
@@ -203,7 +203,7 @@ def main() -> int:
                     print(
                         f"{scale}x {engine.name}: produce {row.produce.seconds:.1f} s "
                         f"{row.produce.peak_mb:.0f} MB, consume {row.consume.seconds:.1f} s "
-                        f"{row.consume.peak_mb:.0f} MB ({_load()})",
+                        f"{row.consume.with_jvm_mb:.0f} MB ({_load()})",
                         flush=True,
                     )
                     for place in places:

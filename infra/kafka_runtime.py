@@ -1,29 +1,25 @@
 """The Kafka runtime: the jars a broker runs from, and the java command line that runs them.
 
-Kafka's jars come from Maven Central through ``infra/kafka/pom.xml`` (``mvn
+Kafka's jars come from Maven Central through ``infra/kafka/pom.xml`` (infra/maven.py: ``mvn
 dependency:copy-dependencies`` into ``infra/kafka/lib``, git-ignored), or from an unpacked Kafka
 distribution's ``libs/`` when ``KAFKA_HOME`` is set, in which case Maven is never run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from infra.errors import BrokerError
-from infra.processes import tail_text
+from infra.maven import fetch_jars
 from pipelines.config import PROJECT_ROOT, Settings
 
 KAFKA_DIR = PROJECT_ROOT / "infra" / "kafka"
 POM = KAFKA_DIR / "pom.xml"
 LIB_DIR = KAFKA_DIR / "lib"
 LOG4J_CONFIG = KAFKA_DIR / "log4j2.yaml"
-# Written into LIB_DIR after a successful fetch: the pom's digest, so editing the pom refetches.
-FETCH_STAMP = ".pom.sha256"
+KAFKA_JAR = "kafka_2.13-*.jar"  # the jar that says a folder holds Kafka
 
 
 def kafka_version() -> str:
@@ -31,10 +27,6 @@ def kafka_version() -> str:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
     return node.text.strip() if node is not None and node.text else "?"
-
-
-def _has_kafka_jar(directory: Path) -> bool:
-    return any(directory.glob("kafka_2.13-*.jar"))
 
 
 def fetch_runtime(settings: Settings | None = None) -> Path:
@@ -46,45 +38,14 @@ def fetch_runtime(settings: Settings | None = None) -> Path:
     kafka_home = (settings or Settings.from_env()).kafka_home
     if kafka_home:
         libs = kafka_home / "libs"
-        if not _has_kafka_jar(libs):
+        if not any(libs.glob(KAFKA_JAR)):
             raise BrokerError(
-                f"KAFKA_HOME={kafka_home} has no {libs}/kafka_2.13-*.jar; point KAFKA_HOME at an "
+                f"KAFKA_HOME={kafka_home} has no {libs}/{KAFKA_JAR}; point KAFKA_HOME at an "
                 "unpacked Apache Kafka distribution, or unset it to fetch Kafka through Maven"
             )
         return libs
-
-    pom_digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    stamp = LIB_DIR / FETCH_STAMP
-    if _has_kafka_jar(LIB_DIR) and stamp.is_file() and stamp.read_text().strip() == pom_digest:
-        return LIB_DIR
-
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError(
-            "Maven (mvn) is not on PATH: install Maven 3.8+ to fetch Kafka, or set KAFKA_HOME "
-            "to an unpacked Apache Kafka 4.x distribution"
-        )
-    print(f"fetching Kafka {kafka_version()} through Maven into {LIB_DIR} ...", flush=True)
-    LIB_DIR.mkdir(parents=True, exist_ok=True)
-    for old_jar in LIB_DIR.glob("*.jar"):  # jars of an older pom must not linger on the classpath
-        old_jar.unlink()
-    command = [
-        mvn,
-        "-q",
-        "-B",
-        "-Dstyle.color=never",
-        "-f",
-        str(POM),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={LIB_DIR}",
-        "-DincludeScope=runtime",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0 or not _has_kafka_jar(LIB_DIR):
-        output = tail_text(result.stdout + result.stderr, 30)
-        raise BrokerError(f"Maven could not fetch Kafka (exit {result.returncode}):\n{output}")
-    stamp.write_text(pom_digest + "\n")
-    return LIB_DIR
+    instead = ", or set KAFKA_HOME to an unpacked Apache Kafka 4.x distribution"
+    return fetch_jars(POM, LIB_DIR, KAFKA_JAR, f"Kafka {kafka_version()}", instead)
 
 
 def java_command(

@@ -23,6 +23,12 @@ DEFAULT_WINDOWS = 3
 # one-node cluster is 9092/9093 and a three-node one 9092..9097.
 LOCAL_HOST = "127.0.0.1"
 DEFAULT_KAFKA_PORT = 9092
+# Spark's Kafka connector, which pip's pyspark lacks: `make install` fetches its jars through Maven
+# (infra/spark_kafka.py) into this folder, where the Spark engine of pipelines.consume finds them.
+SPARK_KAFKA_JARS = PROJECT_ROOT / "infra" / "spark-kafka" / "lib"
+SPARK_KAFKA_CONNECTOR = "spark-sql-kafka-0-10_2.13-*.jar"  # the connector's own jar, by version
+# The Spark engine's micro-batches: at most this many Kafka messages each (`--batch-messages`).
+DEFAULT_BATCH_MESSAGES = 20_000
 
 
 def kafka_node_port(port: int, node_id: int) -> int:

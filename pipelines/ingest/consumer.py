@@ -35,15 +35,16 @@ from tqdm import tqdm
 from pipelines.config import DEFAULT_WINDOWS, Settings
 from pipelines.ingest.messages import PoisonMessage
 from pipelines.ingest.spill import SpillArea
-from pipelines.ingest.window_files import Manifest, read_manifests, write_window_batches
+from pipelines.ingest.window_files import Manifest, manifests_of_topic, write_window_batches
 from pipelines.ingest.window_rule import (
     DEFAULT_RULE,
-    END,
     ClosedWindow,
     LateInvoice,
     WindowBuilder,
-    WindowKey,
     WindowRule,
+    frontiers_for_manifest,
+    frontiers_of_manifest,
+    manifest_key,
 )
 
 DEAD_LETTERS = "dead-letters.jsonl"
@@ -138,12 +139,7 @@ def consume(
     exists or `stop` is set (0, 0 and None = run until interrupted). `stop` is how a service that
     runs the consumer in a thread ends it (pipelines/service/loop.py)."""
     topic = settings.kafka_topic
-    manifests = read_manifests(output_dir)
-    if manifests and manifests[-1].topic != topic:
-        raise ValueError(
-            f"{output_dir} holds windows of topic {manifests[-1].topic!r}, not {topic!r}; "
-            "choose another --output-dir"
-        )
+    manifests = manifests_of_topic(output_dir, topic)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.kafka_group,
@@ -156,15 +152,15 @@ def consume(
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
     )
-    partitions = _wait_for_partitions(consumer, topic)
+    partitions = wait_for_partitions(consumer, topic)
     last = manifests[-1] if manifests else None
     spill = SpillArea(output_dir)
     builder = WindowBuilder(
         partitions,
         positions={},
         rule=rule,
-        last_closed=(_key_of_manifest(last) if last else None),
-        resumed_frontiers=_frontiers_of_manifest(last) if last else {},
+        last_closed=(manifest_key(last) if last else None),
+        resumed_frontiers=frontiers_of_manifest(last) if last else {},
         spill_dir=spill.folder,
     )
     dead = DeadLetters(output_dir / DEAD_LETTERS)
@@ -260,7 +256,7 @@ def _write(
     if closed.bounds is not None and closed.frontiers is not None:
         start, end = closed.bounds
         manifest.window_start, manifest.window_end = str(start), str(end)
-        manifest.frontiers = _frontiers_for_manifest(closed.frontiers)
+        manifest.frontiers = frontiers_for_manifest(closed.frontiers)
     dead.sync()
     try:
         return write_window_batches(closed.batches(), output_dir, manifest)
@@ -293,27 +289,7 @@ def _wait_for_broker(error: KafkaError) -> None:
     time.sleep(1)
 
 
-def _key_of_manifest(manifest: Manifest) -> WindowKey:
-    return (manifest.replay_started_ms, manifest.replay, manifest.replay_window)
-
-
-def _frontiers_for_manifest(frontiers: dict[int, WindowKey]) -> dict[int, list]:
-    """JSON has no infinity: an ended replay's frontier is written as null."""
-    return {
-        p: [started_ms, replay, None if point == END else int(point)]
-        for p, (started_ms, replay, point) in frontiers.items()
-    }
-
-
-def _frontiers_of_manifest(manifest: Manifest) -> dict[int, WindowKey]:
-    """The event-time frontiers a manifest records (none for other rules), as the builder's."""
-    return {
-        p: (started_ms, replay, END if point is None else point)
-        for p, (started_ms, replay, point) in (manifest.frontiers or {}).items()
-    }
-
-
-def _wait_for_partitions(consumer: KafkaConsumer, topic: str) -> list[int]:
+def wait_for_partitions(consumer: KafkaConsumer, topic: str) -> list[int]:
     """The topic's partitions, once it exists (the producer may create it after we start)."""
     announced = False
     while not (partitions := consumer.partitions_for_topic(topic)):

@@ -106,9 +106,19 @@ def rows_digest(rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> str:
     their union, so "the windows together hold exactly the input" is one comparison.
     """
     if len(rows) == 0:
-        return f"{0:016x}"
-    hashes = pd.util.hash_pandas_object(_normalised(rows), index=False).to_numpy(np.uint64)
-    return f"{int(hashes.sum(dtype=np.uint64)):016x}"
+        return digest_text(0)
+    return digest_text(int(row_hashes(rows).sum(dtype=np.uint64)))
+
+
+def row_hashes(rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> np.ndarray:
+    """Each row's hash, which depends on that row alone: the digest of any part of the rows is
+    the sum of its hashes, so an engine can digest a window piece by piece."""
+    return pd.util.hash_pandas_object(_normalised(rows), index=False).to_numpy(np.uint64)
+
+
+def digest_text(total: int) -> str:
+    """A sum of row hashes as a digest."""
+    return f"{total % 2**64:016x}"
 
 
 def _normalised(rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> pd.DataFrame:
@@ -134,8 +144,7 @@ def _normalised(rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> pd.DataFrame:
 
 
 def combine_digests(digests: list[str]) -> str:
-    total = sum(int(d, 16) for d in digests) % 2**64
-    return f"{total:016x}"
+    return digest_text(sum(int(d, 16) for d in digests))
 
 
 def window_path(windows_dir: Path, index: int) -> Path:
@@ -167,6 +176,12 @@ def _atomic_target(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once: a reader, or a restart, sees the old or the new."""
+    with _atomic_target(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_window(frame: pd.DataFrame, windows_dir: Path, manifest: Manifest) -> Manifest:
     """Write a window's rows then its manifest, both atomically; return the manifest."""
     table = pa.Table.from_pandas(frame[list(COLUMNS)], schema=ARROW_SCHEMA, preserve_index=False)
@@ -192,8 +207,7 @@ def write_window_batches(
                 held = table.slice(whole).to_batches()
         if held:
             writer.write_table(pa.Table.from_batches(held, ARROW_SCHEMA))
-    with _atomic_target(manifest_path(windows_dir, manifest.window)) as tmp:
-        tmp.write_text(manifest.to_json())
+    atomic_write_text(manifest_path(windows_dir, manifest.window), manifest.to_json())
     return manifest
 
 
@@ -254,3 +268,15 @@ def read_manifests(windows_dir: Path) -> list[Manifest]:
     """Every complete window's manifest, in window order."""
     manifests = [Manifest.from_json(p.read_text()) for p in windows_dir.glob("window-*.json")]
     return sorted(manifests, key=lambda m: m.window)
+
+
+def manifests_of_topic(windows_dir: Path, topic: str) -> list[Manifest]:
+    """The manifests a consumer of `topic` resumes from; ValueError if the folder holds another
+    topic's windows."""
+    manifests = read_manifests(windows_dir)
+    if manifests and manifests[-1].topic != topic:
+        raise ValueError(
+            f"{windows_dir} holds windows of topic {manifests[-1].topic!r}, not {topic!r}; "
+            "choose another --output-dir"
+        )
+    return manifests

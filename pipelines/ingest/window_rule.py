@@ -45,6 +45,7 @@ import pyarrow as pa
 from pipelines.config import DEFAULT_WINDOWS
 from pipelines.ingest.messages import EndOfReplay, Invoice, PoisonMessage, decode, invoice_date
 from pipelines.ingest.spill import SPILL_BATCH_ROWS, WindowSpill
+from pipelines.ingest.window_files import Manifest
 
 END = math.inf  # the local index of an end-of-replay marker: after every window of its replay
 
@@ -88,8 +89,43 @@ class WindowRule:
     def lateness_ms(self) -> int:
         return self.lateness // timedelta(milliseconds=1)
 
+    def key(self, invoice: Invoice, timestamp_ms: int) -> WindowKey:
+        """The window `invoice`, stamped `timestamp_ms` by the producer, falls in."""
+        if self.by == "event-time":
+            index = period_of(event_ms(invoice.header[1]), self.period)
+        elif self.by == "seconds":
+            index = (timestamp_ms - invoice.t0) // int(self.seconds * 1000)
+        else:
+            index = invoice.seq // (self.rows or math.ceil(invoice.total / DEFAULT_WINDOWS))
+        return (invoice.t0, invoice.replay, index)
+
+    def passed(self, key: WindowKey, frontier: WindowKey) -> bool:
+        """Whether a partition whose frontier is `frontier` has moved past window `key`."""
+        if self.by != "event-time":
+            return frontier > key
+        t0, replay, index = key
+        end = _ms(period_bounds(int(index), self.period)[1])
+        watermark = (frontier[0], frontier[1], frontier[2] - self.lateness_ms)
+        return watermark >= (t0, replay, end)
+
+    def late(self, key: WindowKey, partition: int, seen: WindowKey, rows: int) -> LateInvoice:
+        """Event time: the dead letter of an invoice of window `key` that arrived behind its
+        partition's frontier `seen`, naming the window and the watermark."""
+        start, end = period_bounds(int(key[2]), self.period)
+        return LateInvoice(
+            f"late invoice: its {self.period} window [{start}, {end}) had closed; "
+            f"partition {partition}'s watermark was {_date(seen[2] - self.lateness_ms)} "
+            f"(allowed lateness {self.lateness})",
+            rows,
+        )
+
 
 DEFAULT_RULE = WindowRule()
+
+
+def already_written(key: WindowKey) -> PoisonMessage:
+    """By rows or seconds: the dead letter of a message whose window was written before it came."""
+    return PoisonMessage(f"late message: its window {key[2]} was already written")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -226,49 +262,35 @@ class WindowBuilder:
             self._pending[key] = _Open(WindowSpill(folder, self.spill_batch_rows))
         return self._pending[key]
 
-    def key_of(self, seq: int, total: int, t0: int, timestamp_ms: int, replay: str) -> WindowKey:
-        if self.rule.by == "seconds":
-            return (t0, replay, (timestamp_ms - t0) // int(self.rule.seconds * 1000))
-        size = self.rule.rows or math.ceil(total / DEFAULT_WINDOWS)
-        return (t0, replay, seq // size)
-
     def add(self, partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> int:
         """Take one record and return its row count; raise PoisonMessage (the caller
         dead-letters it) if it is unusable."""
         message = decode(value)
         if self.rule.by == "event-time":
-            return self._add_by_event_time(partition, offset, message)
+            return self._add_by_event_time(partition, offset, timestamp_ms, message)
         rows = 0
         if isinstance(message, EndOfReplay):
             key: WindowKey = (message.t0, message.replay, END)
         else:
             rows = len(message)
-            key = self.key_of(message.seq, message.total, message.t0, timestamp_ms, message.replay)
+            key = self.rule.key(message, timestamp_ms)
             if self.last_closed is not None and key <= self.last_closed:
-                raise PoisonMessage(f"late message: its window {key[2]} was already written")
+                raise already_written(key)
             self._window(key).add(partition, offset, message)
         self._frontier[partition] = max(key, self._frontier.get(partition, key))
         return rows
 
     def _add_by_event_time(
-        self, partition: int, offset: int, message: Invoice | EndOfReplay
+        self, partition: int, offset: int, timestamp_ms: int, message: Invoice | EndOfReplay
     ) -> int:
         if isinstance(message, EndOfReplay):
             self._advance(partition, offset, (message.t0, message.replay, END))
             return 0
-        event = event_ms(message.header[1])
-        key = (message.t0, message.replay, period_of(event, self.rule.period))
+        key = self.rule.key(message, timestamp_ms)
         seen = self._frontier.get(partition)
-        self._advance(partition, offset, (message.t0, message.replay, event))
-        if seen is not None and self._passed(key, seen):
-            start, end = period_bounds(int(key[2]), self.rule.period)
-            watermark = _date(seen[2] - self.rule.lateness_ms)
-            raise LateInvoice(
-                f"late invoice: its {self.rule.period} window [{start}, {end}) had closed; "
-                f"partition {partition}'s watermark was {watermark} "
-                f"(allowed lateness {self.rule.lateness})",
-                len(message),
-            )
+        self._advance(partition, offset, (message.t0, message.replay, event_ms(message.header[1])))
+        if seen is not None and self.rule.passed(key, seen):
+            raise self.rule.late(key, partition, seen, len(message))
         if self.last_closed is None or key > self.last_closed:
             self._window(key).add(partition, offset, message)
         # else: read again after a restart, and already in a written window.
@@ -278,15 +300,6 @@ class WindowBuilder:
         frontier = max(point, self._frontier.get(partition, point))
         self._frontier[partition] = frontier
         self._history.setdefault(partition, []).append((offset, frontier))
-
-    def _passed(self, key: WindowKey, frontier: WindowKey) -> bool:
-        """Whether a partition whose frontier is `frontier` has moved past window `key`."""
-        if self.rule.by != "event-time":
-            return frontier > key
-        t0, replay, index = key
-        end = _ms(period_bounds(int(index), self.rule.period)[1])
-        watermark = (frontier[0], frontier[1], frontier[2] - self.rule.lateness_ms)
-        return watermark >= (t0, replay, end)
 
     def reset(self, positions: dict[int, int]) -> None:
         """Forget what was read but not written: after a rebalance it is read again."""
@@ -306,7 +319,7 @@ class WindowBuilder:
         if not self._pending or len(self._frontier) < len(self.partitions):
             return None
         key = min(self._pending)
-        if not all(self._passed(key, self._frontier[p]) for p in self.partitions):
+        if not all(self.rule.passed(key, self._frontier[p]) for p in self.partitions):
             return None
         window = self._pending.pop(key)
         self.last_closed = key
@@ -343,6 +356,27 @@ class WindowBuilder:
             self.positions[partition] = end
             offsets[partition] = [start, end]
         return offsets
+
+
+def manifest_key(manifest: Manifest) -> WindowKey:
+    """The key of the window a manifest describes: where a restart resumes the rule."""
+    return (manifest.replay_started_ms, manifest.replay, manifest.replay_window)
+
+
+def frontiers_for_manifest(frontiers: dict[int, WindowKey]) -> dict[int, list]:
+    """JSON has no infinity: an ended replay's frontier is written as null."""
+    return {
+        p: [started_ms, replay, None if point == END else int(point)]
+        for p, (started_ms, replay, point) in frontiers.items()
+    }
+
+
+def frontiers_of_manifest(manifest: Manifest) -> dict[int, WindowKey]:
+    """The event-time frontiers a manifest records (none for other rules), as the builder's."""
+    return {
+        p: (started_ms, replay, END if point is None else point)
+        for p, (started_ms, replay, point) in (manifest.frontiers or {}).items()
+    }
 
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """The one SparkSession of a training, tuned for jobs over a few thousand customers, and bound to
-127.0.0.1 when local or on a cluster on this machine (nothing to warn about at start).
+127.0.0.1 when local or on a cluster on this machine (nothing to warn about at start). The Spark
+engine of the window consumer (pipelines/ingest/spark_engine.py) starts its session here too.
 
 Also what keeps Ctrl-C quiet and clean around it: py4j's tracebacks filtered from the log, and the
 JVM stopped if the session was still starting.
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,11 +21,14 @@ from pyspark.sql import SparkSession
 LOOPBACK = "127.0.0.1"
 
 
-def spark_session(master: str) -> SparkSession:
-    """The one session for all windows, tuned for jobs over a few thousand customers."""
+def spark_session(
+    master: str, app: str = "customer-segmentation-train", config: Mapping[str, str] | None = None
+) -> SparkSession:
+    """The one session for all windows, tuned for jobs over a few thousand customers; `config`
+    adds to it (the Spark engine of the consumer: its connector's jars, its Arrow batches)."""
     builder = (
         SparkSession.builder.master(master)
-        .appName("customer-segmentation-train")
+        .appName(app)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")  # the job shows its own progress
         .config("spark.sql.shuffle.partitions", "4")
@@ -40,6 +45,8 @@ def spark_session(master: str) -> SparkSession:
             "spark.driver.extraJavaOptions",
             "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m",
         )
+    for name, value in (config or {}).items():
+        builder = builder.config(name, value)
     if master.startswith("local") or urlparse(master).hostname in (LOOPBACK, "localhost"):
         builder = _bound_to_loopback(builder)
     try:
