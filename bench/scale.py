@@ -7,14 +7,16 @@ Needs a running broker (`make kafka-up`). For each scale it generates the datase
 (`pipelines.generate --rows`), then for each consumer engine in ENGINES: replays it into a new
 topic (`pipelines.produce`, the whole file, unthrottled), cuts the topic into 3 windows
 (`pipelines.consume` with the engine's flags, started once the replay is in Kafka, so each stage
-is timed alone), and trains the windows (`pipelines.train`, cumulative, into a new SQLite store)
-on `local[*]` and on a standalone cluster of 2 one-core workers that the bench starts on free
-ports (`infra.spark_cluster`). Every stage is a separate process, timed from start to exit, its
+is timed alone). The engines must write the same windows (same digests); the windows are then
+trained once per scale (`pipelines.train`, cumulative, into a new SQLite store) on `local[*]` and
+on a standalone cluster of 2 one-core workers that the bench starts on free ports
+(`infra.spark_cluster`). Every stage is a separate process, timed from start to exit, its
 peak RSS sampled from /proc (bench/rss.py): for the Spark engine the driver's and its JVM's added
 (in local mode the JVM holds the executors too); for training, the Spark JVM's apart.
 
 Goals (issue 13): time per row flat or falling from 1x to 10x; producer and consumer peak memory
-flat within 20%.
+flat within 20%; at the largest scale, the Spark engine's ingestion (replay + windows) at least as
+fast as the kafka-python engine's.
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ def ingest(dataset: Path, scale: int, rows: int, engine: Engine, bootstrap: str,
     return Row(scale, rows, engine.name, windows, produce, consume)
 
 
+def same_windows(rows: list[Row]) -> Row:
+    """The first engine's row, once every engine's windows have its digests: the engines cut the
+    same topic into the same windows, so training them once per scale times training for all."""
+    first, *others = rows
+    digests = [m.digest for m in read_manifests(first.windows)]
+    for other in others:
+        theirs = [m.digest for m in read_manifests(other.windows)]
+        if theirs != digests:
+            raise RuntimeError(f"{other.engine} wrote windows {theirs}, {first.engine} {digests}")
+    return first
+
+
 def train(windows: Path, master: str, work: Path) -> Run:
     """`pipelines.train` on the windows into a new SQLite store, on `master`."""
     store = work / f"store-{uuid.uuid4().hex[:8]}"
@@ -127,7 +141,7 @@ def report(rows: list[Row], places: list[str]) -> None:
         f" {'consume s':>9} {'us/row':>8} {'peak MB':>8} {'rows/s':>9}{train_heads}"
     )
     for row in rows:
-        ingest_s = row.produce.seconds + row.consume.seconds
+        ingest_s = _ingest_seconds(row)
         trains = ""
         for place in places:
             run = row.train.get(place)
@@ -161,6 +175,23 @@ def report(rows: list[Row], places: list[str]) -> None:
                     low.train[place].seconds / low.rows
                 )
                 print(f"  train {place}: time per row x{time_ratio:.2f}")
+
+
+def compare_engines(rows: list[Row]) -> None:
+    """Ingestion rows/s of every engine at the largest scale, against the first engine's."""
+    largest = max(row.scale for row in rows)
+    first, *others = [row for row in rows if row.scale == largest]
+    for other in others:
+        mine, theirs = (row.rows / _ingest_seconds(row) for row in (other, first))
+        verdict = "met" if mine >= theirs else "NOT met"
+        print(
+            f"\n{largest}x, replay + windows: {other.engine} {mine:,.0f} rows/s, "
+            f"{first.engine} {theirs:,.0f} rows/s: x{mine / theirs:.2f} (goal >= 1: {verdict})"
+        )
+
+
+def _ingest_seconds(row: Row) -> float:
+    return row.produce.seconds + row.consume.seconds
 
 
 def main() -> int:
@@ -206,20 +237,22 @@ def main() -> int:
                         f"{row.consume.with_jvm_mb:.0f} MB ({_load()})",
                         flush=True,
                     )
-                    for place in places:
-                        run = train(row.windows, masters[place], work)
-                        row.train[place] = run
-                        print(
-                            f"{scale}x train {place}: {run.seconds:.1f} s, driver "
-                            f"{run.peak_mb:.0f} MB, JVM {run.jvm_mb:.0f} MB ({_load()})",
-                            flush=True,
-                        )
                     rows.append(row)
+                first = same_windows(rows[-len(ENGINES) :])
+                for place in places:
+                    run = train(first.windows, masters[place], work)
+                    first.train[place] = run
+                    print(
+                        f"{scale}x train {place}: {run.seconds:.1f} s, driver "
+                        f"{run.peak_mb:.0f} MB, JVM {run.jvm_mb:.0f} MB ({_load()})",
+                        flush=True,
+                    )
                 dataset.unlink()
         finally:
             if cluster is not None:
                 stop_cluster(cluster.state_dir)
     report(rows, places)
+    compare_engines(rows)
     return 0
 
 
