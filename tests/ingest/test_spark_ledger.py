@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+import tracemalloc
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from pipelines.data.schema import COLUMNS
 from pipelines.ingest.messages import PoisonMessage, encode_end, encode_invoice
-from pipelines.ingest.spark_ledger import ReadyWindow, WindowLedger, messages
+from pipelines.ingest.spark_ledger import Message, ReadyWindow, WindowLedger, messages
 from pipelines.ingest.spark_records import MESSAGE_LINE, stage
 from pipelines.ingest.window_files import ARROW_SCHEMA, Manifest, rows_digest
 from pipelines.ingest.window_rule import ClosedWindow, WindowBuilder, WindowRule
@@ -243,3 +244,45 @@ def test_a_checkpoint_refuses_another_rule_or_topic(tmp_path: Path):
         saved.check(TOPIC, PARTITIONS, WindowRule("event-time", period="week"))
     with pytest.raises(ValueError, match="this run asks topic 'other'"):
         saved.check("other", PARTITIONS, WindowRule())
+
+
+def _peak_bytes_while_taking(invoices_per_window: int, batch_messages: int = 500) -> int:
+    """Peak of Python allocations while the ledger takes three windows of `invoices_per_window`
+    invoices (3 lines each) in micro-batches of `batch_messages`, closing them as they pass."""
+    rule, beginnings = WindowRule(), {p: 0 for p in PARTITIONS}
+    ledger = WindowLedger.start(TOPIC, PARTITIONS, rule, beginnings, None)
+    total = 3 * invoices_per_window
+
+    def message(number: int) -> Message:
+        partition, offset = number % len(PARTITIONS), number // len(PARTITIONS)
+        if number >= total:  # the replay's end marker, once per partition
+            return Message(partition, offset, "end", T0, "r")
+        window = number // invoices_per_window
+        date_us = int((DAY_ONE + timedelta(minutes=number)).timestamp() * 1e6)
+        return Message(
+            partition, offset, "invoice", T0, "r", window, None, 3, f"{number:016x}", date_us
+        )
+
+    closed = []
+    tracemalloc.start()
+    try:
+        for batch, first in enumerate(range(0, total + len(PARTITIONS), batch_messages)):
+            last = min(first + batch_messages, total + len(PARTITIONS))
+            for number in range(first, last):
+                assert ledger.take(message(number), batch) is None
+            while (ready := ledger.pop_closed()) is not None:
+                closed.append(ready.manifest.rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert closed == [3 * invoices_per_window] * 3
+    return peak
+
+
+def test_the_drivers_state_does_not_grow_with_the_windows_size():
+    """The driver keeps counts and a digest per open window, never its rows (they wait on disk,
+    staged by the executors): ten times larger windows, the same peak."""
+    _peak_bytes_while_taking(500)  # one-time allocations (caches, interned strings)
+    small = _peak_bytes_while_taking(1_000)
+    large = _peak_bytes_while_taking(10_000)
+    assert large < 1.5 * small, f"peak {large:,} B for 10,000-invoice windows, {small:,} for 1,000"
