@@ -7,15 +7,16 @@ Needs a running broker (`make kafka-up`). For each scale it generates the datase
 (`pipelines.generate --rows`), then for each consumer engine in ENGINES: replays it into a new
 topic (`pipelines.produce`, the whole file, unthrottled), cuts the topic into 3 windows
 (`pipelines.consume` with the engine's flags, started once the replay is in Kafka, so each stage
-is timed alone). The engines must write the same windows (same digests); the windows are then
+is timed alone); with `--train cluster`, the Spark engine on the cluster as well. The engines must write the same windows (same digests); the windows are then
 trained once per scale (`pipelines.train`, cumulative, into a new SQLite store) on `local[*]` and
 on a standalone cluster of 2 one-core workers that the bench starts on free ports
 (`infra.spark_cluster`). Every stage is a separate process, timed from start to exit, its
 peak RSS sampled from /proc (bench/rss.py): for the Spark engine the driver's and its JVM's added
-(in local mode the JVM holds the executors too); for training, the Spark JVM's apart.
+(in local mode the JVM holds the executors too; on the cluster the executors' JVMs are the
+workers' and not counted); for training, the Spark JVM's apart.
 
 Goals (issue 13): time per row flat or falling from 1x to 10x; producer and consumer peak memory
-flat within 20%; at the largest scale, the Spark engine's ingestion (replay + windows) at least as
+flat within 20%; at the largest scale, the Spark engines' ingestion (replay + windows) at least as
 fast as the kafka-python engine's.
 """
 
@@ -50,9 +51,13 @@ class Engine:
     name: str
     args: tuple[str, ...] = ()
     group: bool = True
+    place: str = "local"  # where a Spark engine runs: local[*], or the bench's cluster
 
 
-ENGINES = [Engine("kafka-python"), Engine("spark", ("--engine", "spark"), group=False)]
+SPARK = ("--engine", "spark")
+ENGINES = [Engine("kafka-python"), Engine("spark", SPARK, group=False)]
+# With --train cluster: the Spark engine on the cluster too (its executors are the workers').
+CLUSTER_ENGINE = Engine("spark cluster", SPARK, group=False, place="cluster")
 
 
 @dataclass
@@ -76,7 +81,15 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-def ingest(dataset: Path, scale: int, rows: int, engine: Engine, bootstrap: str, work: Path) -> Row:
+def ingest(
+    dataset: Path,
+    scale: int,
+    rows: int,
+    engine: Engine,
+    masters: dict[str, str],
+    bootstrap: str,
+    work: Path,
+) -> Row:
     """Replay `dataset` into a new topic, then cut it into windows with `engine`."""
     topic = f"bench-scale-{uuid.uuid4().hex[:8]}"
     windows = work / f"windows-{topic}"
@@ -95,6 +108,7 @@ def ingest(dataset: Path, scale: int, rows: int, engine: Engine, bootstrap: str,
                 *common,
             ),
             work,
+            {"SPARK_MASTER": masters[engine.place]},
         )
     finally:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-scale")
@@ -212,7 +226,6 @@ def main() -> int:
     if not cluster_answers(args.bootstrap_servers):
         parser.error(f"no Kafka broker answers at {args.bootstrap_servers}: make kafka-up")
 
-    print(f"{os.cpu_count()} CPUs, {_load()}; engines: {', '.join(e.name for e in ENGINES)}")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         masters = {"local": "local[*]"}
@@ -220,6 +233,8 @@ def main() -> int:
         if "cluster" in places:
             cluster = start_cluster(work / "spark", free_port(), free_port())
             masters["cluster"] = cluster.url
+        engines = [*ENGINES, CLUSTER_ENGINE] if cluster else ENGINES
+        print(f"{os.cpu_count()} CPUs, {_load()}; engines: {', '.join(e.name for e in engines)}")
         try:
             rows = []
             for scale in scales:
@@ -229,8 +244,10 @@ def main() -> int:
                     _python("pipelines.generate", "--rows", str(count), "--output", str(dataset)),
                     PROJECT_ROOT,
                 )
-                for engine in ENGINES:
-                    row = ingest(dataset, scale, count, engine, args.bootstrap_servers, work)
+                for engine in engines:
+                    row = ingest(
+                        dataset, scale, count, engine, masters, args.bootstrap_servers, work
+                    )
                     print(
                         f"{scale}x {engine.name}: produce {row.produce.seconds:.1f} s "
                         f"{row.produce.peak_mb:.0f} MB, consume {row.consume.seconds:.1f} s "
@@ -238,7 +255,7 @@ def main() -> int:
                         flush=True,
                     )
                     rows.append(row)
-                first = same_windows(rows[-len(ENGINES) :])
+                first = same_windows(rows[-len(engines) :])
                 for place in places:
                     run = train(first.windows, masters[place], work)
                     first.train[place] = run
