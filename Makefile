@@ -39,7 +39,7 @@ clean:
 	rm -rf .kafka .spark .mlflow-server mlruns mlflow.db logs test-artifacts
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-install: $(VENV)/.installed $(SPARK_KAFKA)/lib/.pom.sha256
+install: $(VENV)/.installed $(SPARK_KAFKA)/lib/.pom.sha256 $(VENV)/spark-classes.jsa
 
 # uv installs the dependencies (pip only installs uv): several times faster than pip on a fresh venv
 # (pyspark alone is 300 MB), which is also what the quick-start test does. Compiled to bytecode
@@ -56,6 +56,12 @@ $(SPARK_KAFKA)/lib/.pom.sha256: $(SPARK_KAFKA)/pom.xml $(VENV)/.installed
 	@infra/logged.sh logs/install.log "fetch Spark's Kafka connector through Maven" \
 		$(PY) -m infra.spark_kafka
 	@touch $@
+
+# The JVM classes a training loads, archived so that every local Spark session starts faster and
+# spends less CPU (pipelines/training/class_archive.py). Without it Spark only starts slower.
+$(VENV)/spark-classes.jsa: $(VENV)/.installed
+	@infra/logged.sh logs/install.log "archive the JVM classes of a training (class data sharing)" \
+		$(PY) -m pipelines.training.class_archive
 
 kafka-up: install
 	$(PY) -m infra.kafka_broker up

@@ -7,11 +7,12 @@ Needs a running broker (`make kafka-up`). For each scale it generates the datase
 (`pipelines.generate --rows`), then for each consumer engine in ENGINES: replays it into a new
 topic (`pipelines.produce`, the whole file, unthrottled), cuts the topic into 3 windows
 (`pipelines.consume` with the engine's flags, started once the replay is in Kafka, so each stage
-is timed alone); with `--train cluster`, the Spark engine on the cluster as well. The engines must write the same windows (same digests); the windows are then
-trained once per scale (`pipelines.train`, cumulative, into a new SQLite store) on `local[*]` and
-on a standalone cluster of 2 one-core workers that the bench starts on free ports
-(`infra.spark_cluster`). Every stage is a separate process, timed from start to exit, its
-peak RSS sampled from /proc (bench/rss.py): for the Spark engine the driver's and its JVM's added
+is timed alone); with `--train cluster`, the Spark engine on the cluster as well. The engines
+must write the same windows (same digests); the windows are then trained once per scale
+(`pipelines.train`, cumulative, into a new SQLite store) on `local[*]` and on a standalone
+cluster of 2 one-core workers that the bench starts on free ports (`infra.spark_cluster`). Every
+stage is a separate process, timed from start to exit, its peak RSS sampled from /proc
+(bench/rss.py): for the Spark engine the driver's and its JVM's added
 (in local mode the JVM holds the executors too; on the cluster the executors' JVMs are the
 workers' and not counted); for training, the Spark JVM's apart.
 
