@@ -26,6 +26,7 @@ from pyspark import SparkContext
 from pipelines.config import Settings, sqlite_tracking_uri
 from pipelines.data.generator import generate_dataset
 from pipelines.ingest.window_files import write_windows
+from pipelines.train import train_windows
 from pipelines.training.session import CLASS_ARCHIVE, local_driver_options, spark_session
 
 ROWS = 6_000  # three windows of a few dozen customers each: every stage of a training runs
@@ -47,8 +48,6 @@ def archive_classes(archive: Path = CLASS_ARCHIVE) -> Path:
         settings = replace(Settings(), mlflow_tracking_uri=sqlite_tracking_uri(root / "store"))
         options = local_driver_options(archive_at_exit=partial)
         spark = spark_session("local[2]", config={"spark.driver.extraJavaOptions": options})
-        from pipelines.train import train_windows  # imports MLflow: after the JVM is starting
-
         train_windows(root / "windows", WINDOWS, settings, spark, k_range=K_RANGE)
         jvm = SparkContext._gateway.proc  # type: ignore[union-attr]  # the JVM, which exits...
         spark.stop()
