@@ -28,7 +28,7 @@ DEFAULT_KAFKA_PORT = 9092
 SPARK_KAFKA_JARS = PROJECT_ROOT / "infra" / "spark-kafka" / "lib"
 SPARK_KAFKA_CONNECTOR = "spark-sql-kafka-0-10_2.13-*.jar"  # the connector's own jar, by version
 # The Spark engine's micro-batches: at most this many Kafka messages each (`--batch-messages`).
-DEFAULT_BATCH_MESSAGES = 20_000
+DEFAULT_BATCH_MESSAGES = 100_000
 
 
 def kafka_node_port(port: int, node_id: int) -> int:

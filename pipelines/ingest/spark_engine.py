@@ -4,24 +4,24 @@ partition in parallel, and writes the window files and manifests the kafka-pytho
 checkpoint. It runs on SPARK_MASTER.
 
 Each micro-batch (`foreachBatch`, at most `batch_messages` records):
-1. the executors decode its records and stage every invoice line, with its window, as Parquet in
-   the work folder (pipelines/ingest/spark_records.py). A window's rows wait there, on disk, until
-   it closes: the driver's memory does not grow with a window's size;
-2. the driver reads back one small row per message and applies the window rule to them
+1. the executors decode its records and stage every invoice line, by window, as sorted segment
+   files in the work folder (pipelines/ingest/spark_records.py). A window's rows wait there, on
+   disk, until it closes: the driver's memory does not grow with a window's size;
+2. the driver collects one small row per message and applies the window rule to them
    (pipelines/ingest/spark_ledger.py): dead letters, frontiers, which windows close;
-3. Spark sorts each closed window's staged rows into the kafka-python engine's row order (the
-   replay's) in one Parquet file, which the driver streams through the kafka-python engine's
-   writer (`write_window_batches`, pipelines/ingest/window_files.py): the same bytes, then the
-   manifest;
+3. the driver merges each closed window's segments into the kafka-python engine's row order (the
+   replay's), a segment per partition at a time, and streams them through the kafka-python
+   engine's writer (`write_window_batches`, pipelines/ingest/window_files.py): the same bytes,
+   then the manifest;
 4. the rule's state is saved, and the staged batches no open window needs are deleted.
 
 Exactly once: Spark logs a micro-batch's offsets in its checkpoint before running it and marks it
 done after, so a driver killed in between runs the same batch again on the same records. Each step
-is idempotent: a batch the saved state already holds is skipped, staging overwrites, and a window
-whose manifest is on disk with the same rows is not written again.
+is idempotent: a batch the saved state already holds is skipped, a batch run again is staged
+afresh, and a window whose manifest is on disk with the same rows is not written again.
 
 The work folder is `<output-dir>/.spark-engine/`: `checkpoint/` (Spark's), `ledger.json` (the
-rule's state), `pending/batch-<id>/` (staged rows), `tmp/` (windows being written). Deleting it
+rule's state), `pending/batch-<id>/` (staged rows). Deleting it
 makes the next run start again from the last manifest, as the kafka-python engine does.
 """
 
@@ -33,12 +33,12 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pyspark
 from kafka import KafkaConsumer, TopicPartition
 from pyspark.sql import DataFrame, SparkSession
@@ -53,18 +53,10 @@ from pipelines.config import (
     SPARK_KAFKA_JARS,
     Settings,
 )
-from pipelines.data.schema import COLUMNS
 from pipelines.ingest.consumer import DEAD_LETTERS, ConsumeSummary, DeadLetters, wait_for_partitions
 from pipelines.ingest.spark_ledger import Message, ReadyWindow, Rejected, WindowLedger, messages
-from pipelines.ingest.spark_records import (
-    MESSAGE_FIELDS,
-    MESSAGE_LINE,
-    STAGED,
-    stage_records,
-)
+from pipelines.ingest.spark_records import MESSAGES, stage_records, window_rows
 from pipelines.ingest.window_files import (
-    ARROW_SCHEMA,
-    ROW_GROUP_ROWS,
     Manifest,
     manifest_path,
     manifests_of_topic,
@@ -75,6 +67,10 @@ from pipelines.training.session import spark_session
 
 # Records per Arrow batch handed to a Python worker (~21 rows each): bounds the worker's memory.
 ARROW_RECORDS = 2_000
+# Each micro-batch is cut into this many tasks per core (Kafka partitions split by offset range):
+# the topic's partitions are seldom a multiple of the cores, and equal shares keep every core busy
+# to the end of the batch (3 partitions on 2 cores: a quarter less time per batch).
+TASKS_PER_CORE = 3
 IDLE_SECONDS = 1.0  # how long to wait before looking for new records once the topic is drained
 WORK_DIR = ".spark-engine"
 
@@ -100,10 +96,6 @@ class WorkDir:
     @property
     def pending(self) -> Path:
         return self.root / "pending"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
 
     def staged(self, batch: int) -> Path:
         return self.pending / f"batch-{batch}"
@@ -161,7 +153,6 @@ def consume_with_spark(
     config = {
         "spark.jars": ",".join(map(str, jars)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_RECORDS),
-        "spark.sql.parquet.compression.codec": "zstd",
     }
     spark = spark_session(settings.spark_master, "customer-segmentation-windows", config)
     limits = (max_windows, until_window)
@@ -240,7 +231,6 @@ def _ledger(
         ledger.check(topic, partitions, rule)
     except ValueError as error:
         raise EngineError(f"{error} (or delete {work.root})") from None
-    shutil.rmtree(work.tmp, ignore_errors=True)
     return ledger
 
 
@@ -261,7 +251,7 @@ class _Run:
         self.spark, self.settings, self.work, self.output_dir = spark, settings, work, output_dir
         self.topic, self.rule, self.next_window = ledger.topic, ledger.rule, ledger.next_window
         self.limits, self.stop = limits, stop  # (max_windows, until_window), as `consume`'s
-        self.staged_schema = from_arrow_schema(STAGED, prefer_timestamp_ntz=True)
+        self.messages_schema = from_arrow_schema(MESSAGES, prefer_timestamp_ntz=True)
         self.dead = DeadLetters(output_dir / DEAD_LETTERS)
         self.written: list[Manifest] = []
         self.late_rows = 0
@@ -294,6 +284,7 @@ class _Run:
             # Only read on the checkpoint's first micro-batch: afterwards it says where.
             .option("startingOffsets", json.dumps({topic: {str(p): o for p, o in start.items()}}))
             .option("maxOffsetsPerTrigger", batch)
+            .option("minPartitions", self.spark.sparkContext.defaultParallelism * TASKS_PER_CORE)
             .load()
             .select(
                 "partition", "offset", F.unix_millis("timestamp").alias("timestamp_ms"), "value"
@@ -322,14 +313,11 @@ class _Run:
         if batch <= ledger.batch:
             return  # run again after a crash, but its effects were saved already
         staged = self.work.staged(batch)
-        rule = self.rule
-        (
-            records.mapInArrow(partial(stage_records, rule=rule), self.staged_schema)
-            .write.mode("overwrite")
-            .parquet(str(staged))
-        )
+        shutil.rmtree(staged, ignore_errors=True)  # from a run of this batch cut short
+        stage = partial(stage_records, rule=self.rule, folder=str(staged))
+        described = records.mapInArrow(stage, self.messages_schema).toArrow()
         rows, rejected = 0, []
-        for message in self._messages(staged):
+        for message in messages(described):
             verdict = ledger.take(message, batch)
             if verdict is None:
                 rows += message.rows
@@ -341,12 +329,6 @@ class _Run:
         self._save(ledger)
         self.batches += 1
         self.bar.update(rows)
-
-    def _messages(self, staged: Path) -> list[Message]:
-        """The batch's messages (one row each), each partition's in offset order."""
-        rows = self.spark.read.schema(self.staged_schema).parquet(str(staged))
-        table = rows.where(F.col("line") == MESSAGE_LINE).select(*MESSAGE_FIELDS, "InvoiceDate")
-        return messages(table.toArrow())
 
     def _dead_letters(self, rejected: list[tuple[Message, Rejected]]) -> None:
         """Record the batch's dead letters, each once across restarts. A rejected invoice's value
@@ -371,43 +353,10 @@ class _Run:
         if on_disk.exists():
             self._check_same(Manifest.from_json(on_disk.read_text()), manifest)
             return  # written before the driver died, after the state was last saved
-        t0, replay, index = ready.key
-        rows = (
-            self.spark.read.schema(self.staged_schema)
-            .parquet(*[str(self.work.staged(b)) for b in ready.batches])
-            .where(
-                (F.col("line") != MESSAGE_LINE)
-                & (F.col("t0") == t0)
-                & (F.col("replay") == replay)
-                & (F.col("window") == int(index))
-            )
-        )
-        if ready.excluded:
-            late = self.spark.createDataFrame(ready.excluded, "partition int, offset long")
-            rows = rows.join(F.broadcast(late), ["partition", "offset"], "left_anti")
-        target = self.work.tmp / f"window-{manifest.window}"
-        (
-            rows.coalesce(1)
-            .sortWithinPartitions("seq", "line")
-            .select(*COLUMNS)
-            .write.mode("overwrite")
-            .parquet(str(target))
-        )
-        (part,) = target.glob("part-*.parquet")
-        sorted_rows = pq.ParquetFile(part)
-        if sorted_rows.metadata.num_rows != manifest.rows:
-            raise RuntimeError(
-                f"window-{manifest.window}: Spark wrote {sorted_rows.metadata.num_rows} rows "
-                f"where the messages held {manifest.rows}"
-            )
         self.dead.sync()
-        # Written again by the kafka-python engine's writer: the same bytes, from the same rows.
-        batches = (
-            pa.RecordBatch.from_arrays(batch.columns, schema=ARROW_SCHEMA)
-            for batch in sorted_rows.iter_batches(batch_size=ROW_GROUP_ROWS)
-        )
-        write_window_batches(batches, self.output_dir, manifest)
-        shutil.rmtree(target)
+        staged = [self.work.staged(b) for b in ready.batches]
+        rows = window_rows(staged, ready.key, ready.excluded)
+        write_window_batches(_checked(rows, manifest), self.output_dir, manifest)
         self.written.append(manifest)
         self.bar.write(
             f"window-{manifest.window}: {manifest.rows:,} rows, digest {manifest.digest}"
@@ -439,3 +388,16 @@ class _Run:
     def close(self) -> None:
         self.bar.close()
         self.dead.close()
+
+
+def _checked(batches: Iterator[pa.RecordBatch], manifest: Manifest) -> Iterator[pa.RecordBatch]:
+    """`batches`, failing before the manifest is written if they are not the rows it counts."""
+    rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        yield batch
+    if rows != manifest.rows:
+        raise RuntimeError(
+            f"window-{manifest.window}: its staged segments hold {rows:,} rows where the "
+            f"messages held {manifest.rows:,}"
+        )

@@ -18,13 +18,12 @@ same records, from this state, to the same decisions.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.ingest.spark_records import MESSAGE_FIELDS
 from pipelines.ingest.window_files import (
     Manifest,
     atomic_write_text,
@@ -47,7 +46,7 @@ _EPOCH = datetime(1970, 1, 1)
 
 @dataclass(frozen=True)
 class Message:
-    """A message as the executors describe it (a STAGED row with `line` = MESSAGE_LINE)."""
+    """A message as the executors describe it (a MESSAGES row)."""
 
     partition: int
     offset: int
@@ -64,13 +63,13 @@ class Message:
 
 
 def messages(table: pa.Table) -> list[Message]:
-    """The messages of STAGED rows whose `line` is MESSAGE_LINE (MESSAGE_FIELDS and InvoiceDate,
-    at least), each partition's in offset order: the order the rule takes them in."""
+    """The messages of MESSAGES rows, each partition's in offset order: the order the rule takes
+    them in."""
     dates = table.column("InvoiceDate").cast(pa.int64())
-    fields = [name for name in MESSAGE_FIELDS if name != "seq"]
-    table = table.select(fields).append_column("date_us", dates)
+    table = table.append_column("date_us", dates)
     table = table.sort_by([("partition", "ascending"), ("offset", "ascending")])
-    return [Message(**row) for row in table.to_pylist()]
+    columns = [table.column(f.name).to_pylist() for f in fields(Message)]
+    return [Message(*row) for row in zip(*columns, strict=True)]
 
 
 @dataclass(frozen=True)

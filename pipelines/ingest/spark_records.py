@@ -1,83 +1,100 @@
-"""The Spark engine's executor side: Kafka records in, staged rows and message metadata out.
+"""The Spark engine's executor side: Kafka records in, window rows on disk, message metadata out.
 
 Runs inside Spark's Python workers (`mapInArrow`), one Arrow batch of records at a time, so that
 every partition of the topic is decoded in parallel. It decodes each record with the consumer's
 own `decode` (pipelines/ingest/messages.py), puts each invoice in its window with the rule's own
 `WindowRule.key` and builds its rows with `invoices_batch` (pipelines/ingest/spill.py), as the
-kafka-python engine does. Out come two kinds of rows in one schema, `STAGED`:
+kafka-python engine does. Then:
 
-- one row per invoice line (`line` >= 0): the line in the window schema, plus where it came from
-  and its window; written to disk, where they wait until their window closes;
-- one row per message (`line` = -1): its kind, window, row count, digest (the sum of its rows'
-  hashes, pipelines/ingest/window_files.py), event time, and for a poison message the reason and
-  the value. Only these go to the driver, which applies the rest of the rule to them
-  (pipelines/ingest/spark_ledger.py).
+- the invoice lines go straight to disk, written by the worker itself as segment files in the
+  kafka-python engine's spill format (pipelines/ingest/spill.py), one per window and partition
+  of the batch, sorted by seq, under `<staged folder>/<window folder>/`. They wait there until
+  their window closes; the driver then merges them into the replay's order (`window_rows`). Rows
+  never pass back through the JVM: converting them to Spark rows and writing them as Parquet, to
+  sort them in Spark later, cost most of the engine's time;
+- one row per message comes back to Spark (`MESSAGES`): its kind, window, row count, digest (the
+  sum of its rows' hashes, pipelines/ingest/window_files.py), event time, and for a poison message
+  the reason and the value. Only these go to the driver, which applies the rest of the rule to
+  them (pipelines/ingest/spark_ledger.py).
+
+A micro-batch run again (after a crash) writes the same files under the same names: a segment is
+named by its partition and first offset, and written to a temporary name then renamed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines.ingest.messages import EndOfReplay, Invoice, PoisonMessage, decode
-from pipelines.ingest.spill import SEQ, invoices_batch
+from pipelines.ingest.spill import SEQ, invoices_batch, merge_runs, write_segment
 from pipelines.ingest.window_files import ARROW_SCHEMA, digest_text, row_hashes
-from pipelines.ingest.window_rule import WindowRule, event_ms
+from pipelines.ingest.window_rule import WindowKey, WindowRule, event_ms
 
 # The records the Kafka source gives, as the engine selects them (timestamp in epoch ms).
 RECORD_COLUMNS = ("partition", "offset", "timestamp_ms", "value")
-MESSAGE_LINE = -1  # `line` of a message's own row
-
-STAGED = pa.schema(
-    [
-        ("partition", pa.int32()),
-        ("offset", pa.int64()),
-        ("line", pa.int32()),  # the line's index in its invoice; MESSAGE_LINE: the message
-        ("kind", pa.string()),  # invoice, end or poison
-        ("t0", pa.int64()),  # the replay: its start and id
-        ("replay", pa.string()),
-        ("window", pa.int64()),  # the window's index within its replay (invoices only)
-        ("seq", pa.int64()),  # the invoice's first line in the replay: the window's row order
-        ("event_ms", pa.int64()),  # event time only: InvoiceDate in epoch ms
-        ("rows", pa.int64()),  # message rows: its invoice's lines
-        ("digest", pa.string()),  # message rows: the sum of their hashes
-        ("reason", pa.string()),  # poison: why
-        ("value", pa.binary()),  # poison: the record's value, for the dead letters
-        *ARROW_SCHEMA,  # line rows: the line; message rows: the invoice header
-    ]
-)
-# A message's own row: these fields, and for an invoice its header (the window columns it shares).
+# A message's own row: these fields, and for an invoice its date.
 MESSAGE_FIELDS = (
     "partition",
     "offset",
-    "kind",
-    "t0",
+    "kind",  # invoice, end or poison
+    "t0",  # the replay: its start and id
     "replay",
-    "window",
-    "seq",
-    "event_ms",
-    "rows",
-    "digest",
-    "reason",
-    "value",
+    "window",  # the window's index within its replay (invoices only)
+    "seq",  # the invoice's first line in the replay: the window's row order
+    "event_ms",  # event time only: InvoiceDate in epoch ms
+    "rows",  # the invoice's lines
+    "digest",  # the sum of their hashes
+    "reason",  # poison: why
+    "value",  # poison: the record's value, for the dead letters
 )
-HEADER_COLUMNS = ("InvoiceNo", "InvoiceDate", "CustomerID", "Country")
-WHERE = ("partition", "offset", "t0", "replay", "window", "seq")  # what each line row repeats
+MESSAGES = pa.schema(
+    [
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("kind", pa.string()),
+        ("t0", pa.int64()),
+        ("replay", pa.string()),
+        ("window", pa.int64()),
+        ("seq", pa.int64()),
+        ("event_ms", pa.int64()),
+        ("rows", pa.int64()),
+        ("digest", pa.string()),
+        ("reason", pa.string()),
+        ("value", pa.binary()),
+        ARROW_SCHEMA.field("InvoiceDate"),
+    ]
+)
+# Beside each staged line: its message's place, so that a late invoice's lines can be left out.
+PARTITION, OFFSET = "_partition", "_offset"
 
 
-def stage_records(batches: Iterator[pa.RecordBatch], rule: WindowRule) -> Iterator[pa.RecordBatch]:
-    """`mapInArrow`'s function: each batch of records as STAGED rows."""
+def window_folder(key: WindowKey) -> str:
+    """The folder name of a window's segments within a staged batch: the replay id is any
+    string a producer sent, so it is hashed rather than put in a path."""
+    t0, replay, index = key
+    return f"{t0}-{int(index)}-{hashlib.sha256(replay.encode()).hexdigest()[:16]}"
+
+
+def stage_records(
+    batches: Iterator[pa.RecordBatch], rule: WindowRule, folder: str
+) -> Iterator[pa.RecordBatch]:
+    """`mapInArrow`'s function: each batch of records staged under `folder`, its MESSAGES out."""
     for batch in batches:
-        yield from stage(batch, rule).to_batches()
+        yield from stage(batch, rule, Path(folder)).to_batches()
 
 
-def stage(batch: pa.RecordBatch, rule: WindowRule) -> pa.Table:
-    """One batch of records (RECORD_COLUMNS) as STAGED rows: every line of every invoice, and
-    one row for every message."""
+def stage(batch: pa.RecordBatch, rule: WindowRule, folder: Path) -> pa.Table:
+    """Write every invoice line of one batch of records (RECORD_COLUMNS) under `folder`, one
+    segment per window and partition; return one MESSAGES row per message."""
     invoices: list[Invoice] = []
-    keyed: list[tuple[int, int, int]] = []  # each invoice's partition, offset and window
+    places: list[tuple[int, int, int]] = []  # each invoice's partition, offset and window
     others: list[tuple] = []  # end markers and poison messages, as MESSAGE_FIELDS
     records = (batch.column(name).to_pylist() for name in RECORD_COLUMNS)
     for partition, offset, timestamp_ms, value in zip(*records, strict=True):
@@ -91,61 +108,94 @@ def stage(batch: pa.RecordBatch, rule: WindowRule) -> pa.Table:
             others.append((partition, offset, "end", *end))
             continue
         invoices.append(message)
-        keyed.append((partition, offset, rule.key(message, timestamp_ms)[2]))
+        places.append((partition, offset, rule.key(message, timestamp_ms)[2]))
 
-    rows = pa.Table.from_batches([invoices_batch(invoices)]).drop_columns([SEQ])
+    rows = pa.Table.from_batches([invoices_batch(invoices)])
     lengths = np.fromiter(map(len, invoices), dtype=np.int64, count=len(invoices))
     firsts = np.cumsum(lengths) - lengths
-    sums = np.add.reduceat(row_hashes(rows), firsts) if invoices else []
+    sums = np.add.reduceat(row_hashes(rows.drop_columns([SEQ])), firsts) if invoices else []
     by_event_time = rule.by == "event-time"
-    described = _columns(
-        [
-            (partition, offset, "invoice", invoice.t0, invoice.replay, window, invoice.seq)
-            + (event_ms(invoice.header[1]) if by_event_time else None, len(invoice))
-            + (digest_text(int(total)), None, None)
-            for (partition, offset, window), invoice, total in zip(
-                keyed, invoices, sums, strict=True
-            )
-        ]
-    )
-    where = {name: np.repeat(np.array(described[name], dtype=object), lengths) for name in WHERE}
-    where["line"] = np.arange(rows.num_rows) - np.repeat(firsts, lengths)
-    header = rows.select(HEADER_COLUMNS).take(pa.array(firsts, type=pa.int64()))
-    return pa.concat_tables(
-        [
-            _staged({**_by_name(rows), **where}, rows.num_rows),
-            _staged({**_by_name(header), **described}, len(invoices)),
-            _staged(_columns(others), len(others)),
-        ]
-    )
-
-
-def _columns(messages: list[tuple]) -> dict[str, list]:
-    """Message rows (MESSAGE_FIELDS tuples) as columns."""
-    columns: dict[str, list] = {name: [] for name in MESSAGE_FIELDS}
-    for message in messages:
-        for name, value in zip(MESSAGE_FIELDS, message, strict=True):
-            columns[name].append(value)
-    return columns
-
-
-def _by_name(table: pa.Table) -> dict[str, pa.ChunkedArray]:
-    return dict(zip(table.column_names, table.columns, strict=True))
-
-
-def _staged(columns: dict[str, object], count: int) -> pa.Table:
-    """`count` STAGED rows from `columns`; the columns not given are null, `line` (if not given)
-    is MESSAGE_LINE."""
-    columns = {"line": [MESSAGE_LINE] * count, **columns}
-    arrays = [
-        _array(columns[field.name], field.type) if field.name in columns else pa.nulls(count)
-        for field in STAGED
+    described = [
+        (partition, offset, "invoice", invoice.t0, invoice.replay, window, invoice.seq)
+        + (event_ms(invoice.header[1]) if by_event_time else None, len(invoice))
+        + (digest_text(int(total)), None, None)
+        for (partition, offset, window), invoice, total in zip(places, invoices, sums, strict=True)
     ]
-    casts = [array.cast(field.type) for array, field in zip(arrays, STAGED, strict=True)]
-    return pa.Table.from_arrays(casts, schema=STAGED)
+    _write_segments(rows, lengths, invoices, places, folder)
+    dates = rows["InvoiceDate"].take(pa.array(firsts, type=pa.int64()))
+    return pa.concat_tables(
+        [_messages(described, dates), _messages(others, pa.nulls(len(others), pa.timestamp("us")))]
+    )
 
 
-def _array(values: object, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
-    if isinstance(values, pa.Array | pa.ChunkedArray):
-        return values
-    return pa.array(values, type=kind)
+def _write_segments(
+    rows: pa.Table,
+    lengths: np.ndarray,
+    invoices: list[Invoice],
+    places: list[tuple[int, int, int]],
+    folder: Path,
+) -> None:
+    """The lines of each (window, partition) of the batch as one segment, sorted by seq."""
+    if not invoices:
+        return
+    partitions, offsets, _ = (np.array(column) for column in zip(*places, strict=True))
+    rows = rows.append_column(PARTITION, pa.array(np.repeat(partitions, lengths), pa.int32()))
+    rows = rows.append_column(OFFSET, pa.array(np.repeat(offsets, lengths), pa.int64()))
+    groups: dict[tuple[WindowKey, int], int] = {}  # (window, partition) -> its group's index
+    of_invoice = [
+        groups.setdefault(((invoice.t0, invoice.replay, window), partition), len(groups))
+        for invoice, (partition, _, window) in zip(invoices, places, strict=True)
+    ]
+    of_row = np.repeat(np.array(of_invoice), lengths)
+    for (key, partition), group in groups.items():
+        segment = rows if len(groups) == 1 else rows.take(np.flatnonzero(of_row == group))
+        seqs = segment[SEQ].to_numpy()
+        if np.any(seqs[1:] < seqs[:-1]):  # records of a partition out of send order
+            segment = segment.take(np.argsort(seqs, kind="stable"))
+        first_offset = offsets[of_invoice.index(group)]
+        target = folder / window_folder(key)
+        target.mkdir(parents=True, exist_ok=True)
+        name = f"p{partition}-o{first_offset}-s{seqs.min()}-{seqs.max()}.arrow"
+        partial = target / f".{name}.{uuid.uuid4().hex}"
+        write_segment(segment, partial)
+        os.replace(partial, target / name)
+
+
+def _messages(messages: list[tuple], dates: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """MESSAGES rows from MESSAGE_FIELDS tuples and their invoice dates."""
+    columns = list(zip(*messages, strict=True)) if messages else [[]] * len(MESSAGE_FIELDS)
+    arrays = [
+        pa.array(list(values), type=MESSAGES.field(name).type)
+        for name, values in zip(MESSAGE_FIELDS, columns, strict=True)
+    ]
+    return pa.Table.from_arrays([*arrays, dates], schema=MESSAGES)
+
+
+def window_rows(
+    staged: list[Path], key: WindowKey, excluded: list[tuple[int, int]]
+) -> Iterator[pa.RecordBatch]:
+    """A window's lines from the staged batch folders `staged` (in batch order), in the window
+    file's schema and the replay's order, without the invoices at `excluded` (partition,
+    offset): merged from each partition's segments, one segment per partition in memory."""
+    segments = []  # (partition, batch, first offset, first seq, last seq, path)
+    for batch, folder in enumerate(staged):
+        for path in (folder / window_folder(key)).glob("p*.arrow"):
+            partition, first, seqs = path.stem.split("-", 2)
+            low, high = seqs.removeprefix("s").split("-")
+            place = (int(partition[1:]), batch, int(first[1:]))
+            segments.append((*place, int(low), int(high), path))
+    # A partition's segments in the order it was read form one run while their seqs increase,
+    # as they do when the producer sent the replay in order; any that does not starts a run.
+    runs: list[list[Path]] = []
+    last: tuple[int, int] | None = None  # (partition, last seq) of the run being built
+    for partition, _, _, low, high, path in sorted(segments):
+        if last is None or last[0] != partition or low <= last[1]:
+            runs.append([])
+        runs[-1].append(path)
+        last = (partition, high)
+    late = set(excluded)  # few: the late invoices of an event-time window
+    for rows in merge_runs(runs):
+        if late:
+            places = zip(rows[PARTITION].to_pylist(), rows[OFFSET].to_pylist(), strict=True)
+            rows = rows.filter(pa.array([place not in late for place in places], pa.bool_()))
+        yield from rows.select(ARROW_SCHEMA.names).to_batches()

@@ -98,6 +98,34 @@ class _Cursor:
         return taken
 
 
+def write_segment(rows: pa.Table, path: Path) -> None:
+    """One segment file: `rows` (SEQ among their columns), as one Arrow IPC record batch."""
+    with pa.ipc.new_file(str(path), rows.schema, options=_IPC) as writer:
+        writer.write_table(rows, max_chunksize=max(1, rows.num_rows))
+
+
+def merge_runs(runs: list[list[Path]]) -> Iterator[pa.Table]:
+    """The rows of sorted runs of segment files, in seq order, holding one segment per run.
+
+    A run is a list of segments whose rows are in increasing SEQ order across the whole run
+    (rows of one message share its seq and keep their order). Out come tables of every column
+    the segments have, in seq order; equal seqs keep their run's order.
+    """
+    cursors = [_Cursor(segments) for segments in runs]
+    while True:
+        for cursor in cursors:
+            cursor.load()
+        loaded = [c for c in cursors if c.head is not None and c.head.num_rows]
+        if not loaded:
+            return
+        # A run's unread rows come after its head: rows up to the least head end among the
+        # runs with segments still unread are in their final order already.
+        ends = [c.head[SEQ][-1].as_py() for c in loaded if c.more]
+        horizon = min(ends, default=np.iinfo(np.int64).max)
+        ready = pa.concat_tables([c.take_through(horizon) for c in loaded])
+        yield ready.take(np.argsort(ready[SEQ].to_numpy(), kind="stable"))
+
+
 class WindowSpill:
     """One window's rows: buffered, then in segment files under `folder` (made when needed)."""
 
@@ -141,8 +169,7 @@ class WindowSpill:
         self._count(batch)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"segment-{self._segments:06d}.arrow"
-        with pa.ipc.new_file(str(path), _SCHEMA, options=_IPC) as writer:
-            writer.write_batch(batch)
+        write_segment(pa.Table.from_batches([batch]), path)
         self._segments += 1
         run.segments.append(path)
         self._buffered -= batch.num_rows
@@ -190,20 +217,9 @@ class WindowSpill:
         if self._in_memory is not None:
             yield self._in_memory.drop_columns([SEQ])
             return
-        cursors = [_Cursor(run.segments) for p in sorted(self._runs) for run in self._runs[p]]
-        while True:
-            for cursor in cursors:
-                cursor.load()
-            loaded = [c for c in cursors if c.head is not None and c.head.num_rows]
-            if not loaded:
-                return
-            # A run's unread rows come after its head: rows up to the least head end among the
-            # runs with segments still unread are in their final order already.
-            ends = [c.head[SEQ][-1].as_py() for c in loaded if c.more]
-            horizon = min(ends, default=np.iinfo(np.int64).max)
-            ready = pa.concat_tables([c.take_through(horizon) for c in loaded])
-            order = np.argsort(ready[SEQ].to_numpy(), kind="stable")
-            yield from ready.take(order).drop_columns([SEQ]).to_batches()
+        runs = [run.segments for p in sorted(self._runs) for run in self._runs[p]]
+        for rows in merge_runs(runs):
+            yield from rows.drop_columns([SEQ]).to_batches()
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

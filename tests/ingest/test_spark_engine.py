@@ -63,15 +63,17 @@ def _kafka_python(settings: Settings, output_dir: Path, rule: WindowRule, window
     return output_dir
 
 
-def _spark(settings: Settings, output_dir: Path, *flags: str) -> subprocess.Popen:
-    """`python -m pipelines.consume --engine spark` on two cores, in a process group of its own
+def _spark(
+    settings: Settings, output_dir: Path, *flags: str, master: str = "local[2]"
+) -> subprocess.Popen:
+    """`python -m pipelines.consume --engine spark` on `master`, in a process group of its own
     (its JVM and Python workers with it), printing what it writes."""
     args = ["--engine", "spark", "--topic", settings.kafka_topic, "--output-dir", str(output_dir)]
     args += ["--bootstrap-servers", settings.kafka_bootstrap_servers, "--no-progress", *flags]
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.consume", *args],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "SPARK_MASTER": "local[2]", "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "SPARK_MASTER": master, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

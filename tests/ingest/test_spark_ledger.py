@@ -1,8 +1,9 @@
 """The Spark engine's rule, without Spark or a broker: records staged by the executors' function
-(pipelines/ingest/spark_records.py) and taken by the driver's ledger
-(pipelines/ingest/spark_ledger.py), micro-batch by micro-batch, with restarts anywhere, must cut
-the windows the kafka-python engine's WindowBuilder cuts from the same partitions, and send the
-same messages to the dead letters with the same reasons."""
+(pipelines/ingest/spark_records.py), taken by the driver's ledger
+(pipelines/ingest/spark_ledger.py) and merged back into windows from the staged segments,
+micro-batch by micro-batch, with restarts anywhere, must cut the windows the kafka-python engine's
+WindowBuilder cuts from the same partitions, row for row, and send the same messages to the dead
+letters with the same reasons."""
 
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.data.schema import COLUMNS
 from pipelines.ingest.messages import PoisonMessage, encode_end, encode_invoice
 from pipelines.ingest.spark_ledger import Message, ReadyWindow, WindowLedger, messages
-from pipelines.ingest.spark_records import MESSAGE_LINE, stage
+from pipelines.ingest.spark_records import stage, window_rows
 from pipelines.ingest.window_files import ARROW_SCHEMA, Manifest, rows_digest
 from pipelines.ingest.window_rule import ClosedWindow, WindowBuilder, WindowRule
 
@@ -109,15 +109,15 @@ class _Engine:
     """The Spark engine's driver without Spark: stage, take, close, save; crash anywhere."""
 
     def __init__(self, folder: Path, ledger: WindowLedger, rng: random.Random) -> None:
-        self.path, self.rng = folder / "ledger.json", rng
-        self.staged: dict[int, pa.Table] = {}
+        self.path, self.rng, self.folder = folder / "ledger.json", rng, folder
+        self.staged: dict[int, pa.Table] = {}  # each micro-batch's messages
         self.written: dict[int, tuple[Manifest, pd.DataFrame]] = {}
         self.dead: dict[tuple[int, int], str] = {}
         ledger.save(self.path)
 
     def run(self, batches: list[pa.RecordBatch], rule: WindowRule, first_batch: int = 0) -> None:
         for batch, records in enumerate(batches, start=first_batch):
-            self.staged[batch] = stage(records, rule)
+            self.staged[batch] = stage(records, rule, self._batch_folder(batch))
             while not self._apply(batch):  # killed: Spark runs the same batch again
                 pass
 
@@ -126,8 +126,7 @@ class _Engine:
         ledger = WindowLedger.load(self.path)
         if batch <= ledger.batch:
             return True
-        table = self.staged[batch]
-        for message in messages(table.filter(pa.compute.equal(table["line"], MESSAGE_LINE))):
+        for message in messages(self.staged[batch]):
             if (verdict := ledger.take(message, batch)) is not None:
                 self.dead.setdefault((message.partition, message.offset), verdict.reason)
         ledger.batch = batch
@@ -138,20 +137,15 @@ class _Engine:
         ledger.save(self.path)
         return True
 
+    def _batch_folder(self, batch: int) -> Path:
+        return self.folder / f"batch-{batch}"
+
     def _write(self, ready: ReadyWindow) -> None:
-        t0, replay, index = ready.key
-        frame = pa.concat_tables([self.staged[b] for b in ready.batches]).to_pandas()
-        frame = frame[
-            (frame["line"] != MESSAGE_LINE)
-            & (frame["t0"] == t0)
-            & (frame["replay"] == replay)
-            & (frame["window"] == index)
-            & ~pd.Series(list(zip(frame["partition"], frame["offset"], strict=True))).isin(
-                ready.excluded
-            )
-        ]
-        rows = frame.sort_values(["seq", "line"])[list(COLUMNS)]
-        window = (ready.manifest, _as_written(rows))
+        folders = [self._batch_folder(b) for b in ready.batches]
+        rows = pa.Table.from_batches(
+            list(window_rows(folders, ready.key, ready.excluded)), ARROW_SCHEMA
+        ).to_pandas()
+        window = (ready.manifest, rows)
         if ready.manifest.window in self.written:  # written before a crash: the very same
             before = self.written[ready.manifest.window]
             assert _what(before[0]) == _what(window[0])
@@ -160,11 +154,6 @@ class _Engine:
                 window[0].frontiers,
             )
         self.written[ready.manifest.window] = window
-
-
-def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
-    """A window's rows as its Parquet file holds them."""
-    return pa.Table.from_pandas(frame, schema=ARROW_SCHEMA, preserve_index=False).to_pandas()
 
 
 def _what(manifest: Manifest) -> tuple:

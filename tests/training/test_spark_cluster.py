@@ -1,8 +1,10 @@
-"""Training on a standalone Spark cluster (`make spark-up`) gives the models `local[*]` gives.
+"""Training on a standalone Spark cluster (`make spark-up`) gives the models `local[*]` gives,
+and the Spark engine on it writes the kafka-python engine's windows.
 
 The cluster is the real thing, started by infra.spark_cluster on free ports: a master and two
 workers whose executors are JVMs of their own. The training runs as a user runs it, with
-SPARK_MASTER pointing at the cluster, on the windows an in-process `local[2]` training used.
+SPARK_MASTER pointing at the cluster, on the windows an in-process `local[2]` training used; so
+does the window consumer, whose executors (decoding, staging) then run in the workers.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,9 +25,13 @@ from mlflow import MlflowClient
 
 from infra.ports import free_port
 from infra.spark_cluster import Cluster, running_daemons, start_cluster, stop_cluster
-from pipelines.config import PROJECT_ROOT, sqlite_tracking_uri
+from pipelines.config import PROJECT_ROOT, Settings, sqlite_tracking_uri
+from pipelines.data.generator import write_dataset
+from pipelines.ingest.producer import ensure_topic, replay
+from pipelines.ingest.window_rule import WindowRule
 from pipelines.training import registry
 from serving.predictor import SegmentationModel, load_pipeline
+from tests.ingest.test_spark_engine import _assert_same_windows, _finish, _kafka_python, _spark
 
 if TYPE_CHECKING:
     from tests.conftest import Training
@@ -92,3 +100,21 @@ def test_training_on_the_cluster_gives_the_local_models(
             assert_close(there.scaler.scale, here.scaler.scale, f"{alias} scaler std")
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.kafka
+def test_the_spark_engine_on_the_cluster_writes_the_kafka_python_windows(
+    cluster: Cluster, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = replace(
+        Settings.from_env(),
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_topic=f"spark-cluster-{uuid.uuid4().hex[:12]}",
+    )
+    ensure_topic(kafka_bootstrap, settings.kafka_topic, 3)
+    replay(write_dataset(tmp_path / "retail.csv", rows=ROWS, seed=11), settings, progress=False)
+    kafka_dir = _kafka_python(settings, tmp_path / "kafka-python", WindowRule(), windows=3)
+
+    _finish(_spark(settings, tmp_path / "spark", "--windows", "3", master=cluster.url))
+
+    _assert_same_windows(tmp_path / "spark", kafka_dir, 3, offsets=True)
