@@ -138,24 +138,39 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
-def tcp_sockets(port: int, state: str, pid: int | None = None) -> int:
-    """How many TCP sockets on local `port` are in `state` ("0A" LISTEN, "01" ESTABLISHED),
-    counting only those of process `pid` when given."""
-    inodes = None
-    if pid is not None:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    count = 0
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def _tcp_table(port: int, state: str, pid: int | None) -> list[list[str]]:
+    """The /proc/net/tcp{,6} lines of local `port` in `state`, of process `pid` when given."""
+    inodes = _socket_inodes(pid) if pid is not None else None
+    lines = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == state:
-                count += inodes is None or fields[9] in inodes
-    return count
+            mine = inodes is None or fields[9] in inodes
+            if fields[1].endswith(f":{port:04X}") and fields[3] == state and mine:
+                lines.append(fields)
+    return lines
+
+
+def tcp_sockets(port: int, state: str, pid: int | None = None) -> int:
+    """How many TCP sockets on local `port` are in `state` ("0A" LISTEN, "01" ESTABLISHED),
+    counting only those of process `pid` when given."""
+    return len(_tcp_table(port, state, pid))
+
+
+def queued_connections(port: int, pid: int) -> int:
+    """Connections the kernel has accepted for `pid`'s listening sockets on `port` that the
+    process has not taken yet (a listener's receive queue is its accept queue)."""
+    return sum(int(fields[4].split(":")[1], 16) for fields in _tcp_table(port, "0A", pid))
 
 
 class Load:
