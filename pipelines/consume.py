@@ -3,7 +3,7 @@
     python -m pipelines.consume [--windows 3] [--window-rows N | --window-seconds T]
     python -m pipelines.consume --window-by event-time --window-period day|week|month \
         [--allowed-lateness 6h]
-    python -m pipelines.consume --engine spark [--batch-messages 20000] ...
+    python -m pipelines.consume --engine spark [--batch-messages 100000] ...
 
 The window rule is pipelines/ingest/window_rule.py; the engines that apply it are
 pipelines/ingest/consumer.py (kafka-python, the default) and pipelines/ingest/spark_engine.py
