@@ -28,6 +28,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -39,40 +40,48 @@ from pipelines.ingest.window_rule import WindowKey, WindowRule, event_ms
 
 # The records the Kafka source gives, as the engine selects them (timestamp in epoch ms).
 RECORD_COLUMNS = ("partition", "offset", "timestamp_ms", "value")
-# A message's own row: these fields, and for an invoice its date.
-MESSAGE_FIELDS = (
-    "partition",
-    "offset",
-    "kind",  # invoice, end or poison
-    "t0",  # the replay: its start and id
-    "replay",
-    "window",  # the window's index within its replay (invoices only)
-    "seq",  # the invoice's first line in the replay: the window's row order
-    "event_ms",  # event time only: InvoiceDate in epoch ms
-    "rows",  # the invoice's lines
-    "digest",  # the sum of their hashes
-    "reason",  # poison: why
-    "value",  # poison: the record's value, for the dead letters
-)
+# A message's own row, one per Kafka record, and the only one that goes back through Spark.
 MESSAGES = pa.schema(
     [
         ("partition", pa.int32()),
         ("offset", pa.int64()),
-        ("kind", pa.string()),
-        ("t0", pa.int64()),
+        ("kind", pa.string()),  # invoice, end or poison
+        ("t0", pa.int64()),  # the replay: its start and id
         ("replay", pa.string()),
-        ("window", pa.int64()),
-        ("seq", pa.int64()),
-        ("event_ms", pa.int64()),
-        ("rows", pa.int64()),
-        ("digest", pa.string()),
-        ("reason", pa.string()),
-        ("value", pa.binary()),
-        ARROW_SCHEMA.field("InvoiceDate"),
+        ("window", pa.int64()),  # the window's index within its replay (invoices only)
+        ("seq", pa.int64()),  # the invoice's first line in the replay: the window's row order
+        ("event_ms", pa.int64()),  # event time only: InvoiceDate in epoch ms
+        ("rows", pa.int64()),  # the invoice's lines
+        ("digest", pa.string()),  # the sum of their hashes
+        ("reason", pa.string()),  # poison: why
+        ("value", pa.binary()),  # poison: the record's value, for the dead letters
+        ARROW_SCHEMA.field("InvoiceDate"),  # invoices: their date
     ]
 )
+# What `stage` builds a message's row from; the date comes from the invoice's rows.
+MESSAGE_FIELDS = tuple(MESSAGES.names[:-1])
 # Beside each staged line: its message's place, so that a late invoice's lines can be left out.
 PARTITION, OFFSET = "_partition", "_offset"
+
+
+class Segment(NamedTuple):
+    """A staged segment file, named for what the merge needs without opening it: the partition
+    and first offset of its records, and the seqs of its first and last rows."""
+
+    partition: int
+    offset: int
+    low: int
+    high: int
+
+    @property
+    def name(self) -> str:
+        return f"p{self.partition}-o{self.offset}-s{self.low}-{self.high}.arrow"
+
+    @classmethod
+    def of(cls, path: Path) -> Segment:
+        partition, offset, seqs = path.stem.split("-", 2)
+        low, high = seqs.removeprefix("s").split("-")
+        return cls(int(partition[1:]), int(offset[1:]), int(low), int(high))
 
 
 def window_folder(key: WindowKey) -> str:
@@ -155,7 +164,7 @@ def _write_segments(
         first_offset = offsets[of_invoice.index(group)]
         target = folder / window_folder(key)
         target.mkdir(parents=True, exist_ok=True)
-        name = f"p{partition}-o{first_offset}-s{seqs.min()}-{seqs.max()}.arrow"
+        name = Segment(partition, first_offset, seqs.min(), seqs.max()).name
         partial = target / f".{name}.{uuid.uuid4().hex}"
         write_segment(segment, partial)
         os.replace(partial, target / name)
@@ -180,10 +189,9 @@ def window_rows(
     segments = []  # (partition, batch, first offset, first seq, last seq, path)
     for batch, folder in enumerate(staged):
         for path in (folder / window_folder(key)).glob("p*.arrow"):
-            partition, first, seqs = path.stem.split("-", 2)
-            low, high = seqs.removeprefix("s").split("-")
-            place = (int(partition[1:]), batch, int(first[1:]))
-            segments.append((*place, int(low), int(high), path))
+            segment = Segment.of(path)
+            place = (segment.partition, batch, segment.offset)
+            segments.append((*place, segment.low, segment.high, path))
     # A partition's segments in the order it was read form one run while their seqs increase,
     # as they do when the producer sent the replay in order; any that does not starts a run.
     runs: list[list[Path]] = []
